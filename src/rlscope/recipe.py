@@ -1,0 +1,79 @@
+"""Recipes: YAML files read with TRL's ``TrlParser`` into three dataclasses (run, DAPO/GRPO training, model).
+
+A recipe key that no dataclass knows is an error naming the key (with the closest known key), never ignored.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from trl import ModelConfig, TrlParser
+
+from rlscope.trainers.dapo import DAPOConfig
+
+SCHEDULES = ("rl", "sft_then_rl")
+
+
+@dataclass
+class RunArguments:
+    """What rlscope adds to a recipe: the task, the run directory, the SFT warm start, held-out evaluation."""
+
+    task: str = field(default="chainsum", metadata={"help": "Task name: chainsum, gsm8k, math."})
+    task_config: dict | str | None = field(default=None, metadata={
+        "help": "Task options (a YAML mapping, or JSON on the command line), e.g. {seed: 0, n_heldout: 64}."})
+    runs_dir: str = field(default="runs", metadata={"help": "Parent directory of run directories."})
+    schedule: str = field(default="rl", metadata={
+        "help": f"SFT-RL schedule: one of {SCHEDULES}. sft_then_rl runs `sft_steps` of SFT before RL."})
+    sft_steps: int = field(default=0, metadata={"help": "SFT warm-start steps (schedule sft_then_rl)."})
+    sft_learning_rate: float = field(default=1e-3, metadata={"help": "SFT learning rate."})
+    sft_batch_size: int = field(default=64, metadata={"help": "SFT batch size per device."})
+    eval_heldout: bool = field(default=True, metadata={
+        "help": "Greedy held-out accuracy before and after RL (main process)."})
+    rollout_log_every: int = field(default=1, metadata={"help": "Store rollouts every N steps (0 = never)."})
+
+    def __post_init__(self):
+        if isinstance(self.task_config, str):
+            try:
+                self.task_config = json.loads(self.task_config) if self.task_config.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"task_config must be a mapping (YAML) or JSON, got {self.task_config!r}") from exc
+        self.task_config = dict(self.task_config or {})
+        if self.schedule not in SCHEDULES:
+            close = difflib.get_close_matches(self.schedule, SCHEDULES, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown schedule {self.schedule!r}; known: {list(SCHEDULES)}{hint}")
+        if self.schedule == "sft_then_rl" and self.sft_steps <= 0:
+            raise ValueError("schedule sft_then_rl needs sft_steps > 0")
+
+
+DATACLASSES = (RunArguments, DAPOConfig, ModelConfig)
+
+
+def known_keys() -> set[str]:
+    return {f.name for dc in DATACLASSES for f in fields(dc)}
+
+
+def parse_recipe(argv: list[str] | None = None) -> tuple[RunArguments, DAPOConfig, ModelConfig]:
+    """Parse ``--config RECIPE.yaml`` plus command-line overrides (``--learning_rate 1e-5``)."""
+    import yaml
+
+    argv = list(argv or [])
+    if "--config" in argv:
+        path = Path(argv[argv.index("--config") + 1])
+        if not path.exists():
+            raise FileNotFoundError(f"recipe {path} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"recipe {path} must be a YAML mapping")
+        unknown = sorted(set(data) - known_keys() - {"env"})
+        if unknown:
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(key, known_keys(), n=1)
+                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ValueError(f"recipe {path}: unknown key(s) {', '.join(hints)}")
+    parser = TrlParser(DATACLASSES)
+    return tuple(parser.parse_args_and_config(argv))

@@ -1,0 +1,61 @@
+"""The task interface: splits as rows, prompt rendering, a verifier, and TRL-ready reward functions."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Callable
+
+
+class Task(ABC):
+    """A verifiable task. ``rows(split)`` gives plain dict rows; ``reward_funcs()`` are TRL reward functions
+    (``f(completions, **columns) -> list[float]``) reading the columns named in ``reward_columns``."""
+
+    name: str = "task"
+    max_completion_length: int = 64
+    reward_columns: tuple[str, ...] = ()
+    conversational: bool = False
+
+    @abstractmethod
+    def rows(self, split: str) -> list[dict]:
+        ...
+
+    @abstractmethod
+    def score(self, completion: str, row: dict) -> float:
+        """Reward of one completion text for one row (1.0 correct, 0.0 wrong)."""
+
+    def render_prompt(self, row: dict, tokenizer) -> str:
+        """The prompt as text ready for ``generate`` (chat template applied when the task is conversational)."""
+        if self.conversational:
+            return tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+        return row["prompt"]
+
+    def reward_funcs(self) -> list[Callable]:
+        task = self
+
+        def correctness_reward(completions, **columns):
+            missing = [c for c in task.reward_columns if c not in columns]
+            if missing:
+                raise KeyError(f"task {task.name!r}: the dataset has no column(s) {missing} needed by its reward")
+            texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+            rows = [{k: columns[k][i] for k in task.reward_columns} for i in range(len(texts))]
+            return [task.score(t, r) for t, r in zip(texts, rows)]
+
+        correctness_reward.__name__ = f"{self.name}_correct"
+        return [correctness_reward]
+
+    def dataset(self, split: str):
+        """The split as a ``datasets.Dataset``."""
+        from datasets import Dataset
+
+        rows = self.rows(split)
+        if not rows:
+            raise ValueError(f"task {self.name!r}: split {split!r} is empty")
+        return Dataset.from_list(rows)
+
+    def check_columns(self, dataset, split: str, extra: tuple[str, ...] = ()) -> None:
+        """Raise a clear error when ``dataset`` lacks a column the trainer or the reward needs."""
+        need = ("prompt",) + tuple(self.reward_columns) + tuple(extra)
+        missing = [c for c in need if c not in dataset.column_names]
+        if missing:
+            raise ValueError(f"task {self.name!r}, split {split!r}: missing column(s) {missing}; "
+                             f"the dataset has {dataset.column_names}")

@@ -1,0 +1,117 @@
+"""The embedded synthetic verifiable task: ``chainsum``, adding a chain of numbers.
+
+Prompt ``"4+8+3+2="``; the answer is the number after the last ``#`` (``"...#17"``). How much to reason is the
+model's choice, because the SFT demonstrations mix three styles:
+
+* direct      ``#17``
+* scratchpad  ``4+8=12,12+3=15,15+2=17#17``
+* re-check    ``4+8=12,12+3=16,wait 12+3=15,15+2=17#17`` -- a slip, caught and fixed after "wait"
+
+A direct answer to a long chain is hard for a small model, a scratchpad is reliable, a re-check repairs slips: RL can
+shift the mix, so completion length and reflection-word rate are free to move (unlike a fixed-length scratchpad).
+The held-out split holds in-distribution problems and harder ones (longer chains than training), so pass@k at
+large k measures coverage, not only sampling noise. Everything is generated from a seed: the same seed gives the
+same splits on every machine.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+ANSWER_RE = re.compile(r"#(-?\d+)\s*$")
+
+
+@dataclass(frozen=True)
+class ChainSumSpec:
+    min_terms: int = 3
+    max_terms: int = 6
+    max_value: int = 9
+    # held-out "hard" problems: longer chains than any training problem
+    hard_min_terms: int = 7
+    hard_max_terms: int = 8
+    # style mix of the SFT demonstrations: direct, scratchpad, re-check
+    style_weights: tuple[float, float, float] = (0.35, 0.45, 0.20)
+
+
+def make_problem(rng: random.Random, n_terms: int, max_value: int) -> list[int]:
+    return [rng.randint(0, max_value) for _ in range(n_terms)]
+
+
+def prompt_text(terms: list[int]) -> str:
+    return "+".join(str(t) for t in terms) + "="
+
+
+def _slip(rng: random.Random, value: int) -> int:
+    wrong = value + rng.choice([-10, -1, 1, 10])
+    return wrong if wrong >= 0 and wrong != value else value + 1
+
+
+def demonstration(terms: list[int], style: str, rng: random.Random) -> str:
+    """A correct completion of ``terms`` in one of the three styles (``direct``, ``scratch``, ``recheck``)."""
+    total = sum(terms)
+    if style == "direct" or len(terms) == 1:
+        return f"#{total}"
+    steps, acc = [], terms[0]
+    slip_at = rng.randrange(1, len(terms)) if style == "recheck" else -1
+    for i, t in enumerate(terms[1:], start=1):
+        new = acc + t
+        if i == slip_at:
+            steps.append(f"{acc}+{t}={_slip(rng, new)},wait {acc}+{t}={new}")
+        else:
+            steps.append(f"{acc}+{t}={new}")
+        acc = new
+    return ",".join(steps) + f"#{total}"
+
+
+def extract_answer(completion: str) -> int | None:
+    m = ANSWER_RE.search(completion.strip())
+    return int(m.group(1)) if m else None
+
+
+def reward(completion: str, answer: int | str) -> float:
+    """1.0 when the completion ends in ``#<the sum>``, else 0.0 (a missing or malformed answer scores 0)."""
+    got = extract_answer(completion)
+    return 1.0 if got is not None and got == int(answer) else 0.0
+
+
+def build_splits(seed: int = 0, n_train: int = 20000, n_sft: int = 20000, n_heldout: int = 64,
+                 hard_share: float = 0.25, spec: ChainSumSpec = ChainSumSpec()) -> dict[str, list[dict]]:
+    """Return ``{"sft": [...], "train": [...], "heldout": [...]}`` as lists of rows.
+
+    sft rows: ``prompt``, ``completion``, ``answer``, ``style``; train rows: ``prompt``, ``answer``, ``n_terms``;
+    heldout rows add ``difficulty`` ("in" or "hard"). Held-out prompts never appear in train or sft.
+    """
+    rng = random.Random(seed)
+    n_hard = int(round(n_heldout * hard_share))
+    heldout, seen = [], set()
+    while len(heldout) < n_heldout:
+        hard = len(heldout) < n_hard
+        lo, hi = (spec.hard_min_terms, spec.hard_max_terms) if hard else (spec.min_terms, spec.max_terms)
+        terms = make_problem(rng, rng.randint(lo, hi), spec.max_value)
+        p = prompt_text(terms)
+        if p in seen:
+            continue
+        seen.add(p)
+        heldout.append({"prompt": p, "answer": str(sum(terms)), "n_terms": len(terms),
+                        "difficulty": "hard" if hard else "in"})
+
+    def fresh(n):
+        rows = []
+        while len(rows) < n:
+            terms = make_problem(rng, rng.randint(spec.min_terms, spec.max_terms), spec.max_value)
+            p = prompt_text(terms)
+            if p in seen:
+                continue
+            rows.append((terms, p))
+        return rows
+
+    train = [{"prompt": p, "answer": str(sum(t)), "n_terms": len(t)} for t, p in fresh(n_train)]
+    styles = ("direct", "scratch", "recheck")
+    sft = []
+    for terms, p in fresh(n_sft):
+        style = rng.choices(styles, weights=spec.style_weights)[0]
+        sft.append({"prompt": p, "completion": demonstration(terms, style, rng), "answer": str(sum(terms)),
+                    "style": style})
+    return {"sft": sft, "train": train, "heldout": heldout}

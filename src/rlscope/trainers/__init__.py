@@ -1,0 +1,5 @@
+"""Trainers: GRPO/DAPO on TRL's GRPOTrainer (``dapo``) and the SFT warm start (``sft``)."""
+
+from rlscope.trainers.dapo import DAPOConfig, DAPOTrainer, RewardFunctionError, group_keep_mask
+
+__all__ = ["DAPOConfig", "DAPOTrainer", "RewardFunctionError", "group_keep_mask"]

@@ -1,0 +1,251 @@
+"""rlscope's GRPO/DAPO trainer: TRL's ``GRPOTrainer`` plus DAPO's dynamic sampling, overlong shaping and rollout capture.
+
+DAPO (Yu et al. 2025, "DAPO: An Open-Source LLM Reinforcement Learning System at Scale") has four parts:
+
+1. clip-higher -- TRL's ``epsilon_high`` (decoupled upper clip, DAPO uses 0.28 with ``epsilon`` 0.2);
+2. token-level policy-gradient loss -- TRL's ``loss_type="dapo"``;
+3. overlong reward shaping -- TRL's ``trl.rewards.get_soft_overlong_punishment`` (DAPO Eq. 13), added here as an extra
+   reward function when ``overlong_buffer_len > 0``;
+4. dynamic sampling -- not in TRL; implemented here: prompt groups whose rewards are all equal carry no gradient
+   (zero advantage) and are dropped, and new groups are generated until the batch is full again, at most
+   ``max_generation_batches`` generation batches per step.
+
+The trainer is not a fork: it overrides ``_generate_and_score_completions`` (to regenerate and re-assemble the batch)
+and ``_calculate_rewards`` (to see the gathered rewards the group decision needs); everything else is TRL's.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from trl import GRPOConfig, GRPOTrainer
+
+# Tensors of TRL's rollout dict that dynamic sampling knows how to re-assemble, with their padding side and value
+# (``None`` = the tokenizer's pad id). Anything else in the dict (multimodal inputs) is refused with a clear error.
+_SEQ_KEYS = {
+    "prompt_ids": ("left", None),
+    "prompt_mask": ("left", 0),
+    "completion_ids": ("right", None),
+    "completion_mask": ("right", 0),
+    "old_per_token_logps": ("right", 0.0),
+    "ref_per_token_logps": ("right", 0.0),
+    "sampling_per_token_logps": ("right", 0.0),
+    "importance_sampling_ratio": ("right", 0.0),
+    "tool_mask": ("right", 1),
+}
+_ROW_KEYS = {"advantages"}
+
+
+@dataclass
+class DAPOConfig(GRPOConfig):
+    """``GRPOConfig`` plus DAPO's dynamic sampling and overlong-shaping switches."""
+
+    dynamic_sampling: bool = field(default=False, metadata={
+        "help": "DAPO dynamic sampling: drop prompt groups whose rewards are all equal and regenerate until the "
+                "batch is full."})
+    max_generation_batches: int = field(default=8, metadata={
+        "help": "Dynamic sampling guard: at most this many generation batches per optimizer step (DAPO's "
+                "max_num_gen_batches); exceeding it raises an error."})
+    overlong_buffer_len: int = field(default=0, metadata={
+        "help": "DAPO overlong reward shaping: soft penalty over the last N tokens before max_completion_length "
+                "(0 = off)."})
+    overlong_penalty_factor: float = field(default=1.0, metadata={
+        "help": "Weight of the overlong penalty reward."})
+
+
+class RewardFunctionError(RuntimeError):
+    """A user reward function raised; the message names it."""
+
+
+def _named_reward(func: Callable) -> Callable:
+    """Wrap a reward function so an exception inside it names the function (TRL would surface a bare traceback)."""
+    name = getattr(func, "__name__", type(func).__name__)
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 -- re-raised with the function's name
+            raise RewardFunctionError(f"reward function {name!r} raised {type(exc).__name__}: {exc}") from exc
+
+    wrapper.__name__ = name
+    return wrapper
+
+
+def pad_cat(tensors: list[torch.Tensor], side: str, value: float | int) -> torch.Tensor:
+    """Concatenate ``(B_i, T_i)`` tensors along the batch, padding the time axis on ``side`` to the longest."""
+    width = max(t.shape[1] for t in tensors)
+    out = []
+    for t in tensors:
+        gap = width - t.shape[1]
+        if gap:
+            pad = t.new_full((t.shape[0], gap), value)
+            t = torch.cat([pad, t] if side == "left" else [t, pad], dim=1)
+        out.append(t)
+    return torch.cat(out, dim=0)
+
+
+def group_keep_mask(rewards: torch.Tensor, num_generations: int) -> torch.Tensor:
+    """Per-sample mask: True where the sample's group (``num_generations`` consecutive samples) has unequal rewards.
+
+    NaN rewards (unscorable completions) are ignored inside a group; a group with fewer than two scored samples or
+    with all scored rewards equal carries no advantage signal and is dropped.
+    """
+    groups = rewards.view(-1, num_generations)
+    finite = ~torch.isnan(groups)
+    big = torch.finfo(groups.dtype).max
+    hi = torch.where(finite, groups, torch.full_like(groups, -big)).max(dim=1).values
+    lo = torch.where(finite, groups, torch.full_like(groups, big)).min(dim=1).values
+    keep = (finite.sum(dim=1) >= 2) & (hi > lo)
+    return keep.repeat_interleave(num_generations)
+
+
+class DAPOTrainer(GRPOTrainer):
+    """GRPO/DAPO on TRL's ``GRPOTrainer``; see the module docstring.
+
+    ``run_store`` (an :class:`rlscope.store.RunWriter`) receives the rollouts of each optimizer step (rank 0 writes).
+    ``rollout_log_every``: write rollouts every N optimizer steps (0 = never). ``step_offset``: where this phase
+    starts on the run's step axis (after an SFT warm start).
+    """
+
+    def __init__(self, model, reward_funcs, args: DAPOConfig | None = None, *pargs, run_store=None,
+                 rollout_log_every: int = 1, step_offset: int = 0, **kwargs):
+        args = args if args is not None else DAPOConfig(output_dir="dapo-out")
+        funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+        funcs = [_named_reward(f) if callable(f) and not isinstance(f, (str, torch.nn.Module)) else f
+                 for f in funcs]
+        if getattr(args, "overlong_buffer_len", 0) > 0:
+            from trl.rewards import get_soft_overlong_punishment
+
+            if args.overlong_buffer_len >= args.max_completion_length:
+                raise ValueError(f"overlong_buffer_len ({args.overlong_buffer_len}) must be smaller than "
+                                 f"max_completion_length ({args.max_completion_length})")
+            funcs.append(get_soft_overlong_punishment(args.max_completion_length, args.overlong_buffer_len))
+            if args.reward_weights is not None:
+                args.reward_weights = list(args.reward_weights) + [args.overlong_penalty_factor]
+            elif args.overlong_penalty_factor != 1.0:
+                args.reward_weights = [1.0] * (len(funcs) - 1) + [args.overlong_penalty_factor]
+        super().__init__(model, funcs, args, *pargs, **kwargs)
+        self.run_store = run_store
+        self.step_offset = step_offset
+        self.rollout_log_every = rollout_log_every
+        self._last_rewards_per_func: torch.Tensor | None = None
+        self._refill_rng = random.Random(args.seed * 1_000_003 + self.accelerator.process_index)
+        self.dynamic_sampling_stats: list[dict[str, float]] = []
+        if getattr(args, "dynamic_sampling", False):
+            local = args.per_device_train_batch_size * args.steps_per_generation
+            if local % self.num_generations:
+                raise ValueError(
+                    f"dynamic_sampling needs whole prompt groups per process: per_device_train_batch_size * "
+                    f"steps_per_generation ({local}) must be a multiple of num_generations ({self.num_generations})")
+
+    # -- rewards ---------------------------------------------------------------------------------------------------
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._last_rewards_per_func = rewards_per_func  # gathered over all processes: same on every rank
+        return rewards_per_func
+
+    def _total_rewards(self) -> torch.Tensor:
+        rpf = self._last_rewards_per_func
+        weights = self.reward_weights.to(rpf.device).unsqueeze(0)
+        total = (rpf * weights).nansum(dim=1)
+        total[torch.isnan(rpf).all(dim=1)] = torch.nan
+        return total
+
+    # -- generation ------------------------------------------------------------------------------------------------
+    def _refill_inputs(self, n_rows: int) -> list[dict]:
+        """``n_rows`` fresh training rows (whole groups: each prompt repeated ``num_generations`` times)."""
+        ds = self.train_dataset
+        rows = []
+        for _ in range(n_rows // self.num_generations):
+            row = ds[self._refill_rng.randrange(len(ds))]
+            rows.extend(dict(row) for _ in range(self.num_generations))
+        return rows
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        mode = "train" if self.model.training else "eval"
+        if mode != "train":
+            return super()._generate_and_score_completions(inputs)
+        dynamic = getattr(self.args, "dynamic_sampling", False)
+        n_local, rank, world = len(inputs), self.accelerator.process_index, self.accelerator.num_processes
+        kept_parts: list[tuple[dict, torch.Tensor, list, list]] = []
+        counts = [0] * world  # kept rows per rank: computable on every rank from the gathered rewards
+        n_batches, n_groups_seen, n_groups_kept = 0, 0, 0
+        batch_inputs = inputs
+        while True:
+            n_batches += 1
+            out = super()._generate_and_score_completions(batch_inputs)
+            rewards = self._total_rewards()
+            keep = group_keep_mask(rewards, self.num_generations) if dynamic else torch.ones_like(rewards, dtype=torch.bool)
+            n_groups_seen += rewards.numel() // self.num_generations
+            n_groups_kept += int(keep.view(-1, self.num_generations)[:, 0].sum())
+            local_keep = keep[rank * n_local:(rank + 1) * n_local]
+            for r in range(world):
+                counts[r] += int(keep[r * n_local:(r + 1) * n_local].sum())
+            local_rewards = rewards[rank * n_local:(rank + 1) * n_local]
+            idx = local_keep.nonzero(as_tuple=True)[0]
+            kept_parts.append((out, idx, [batch_inputs[i] for i in idx.tolist()], local_rewards[idx].tolist()))
+            if min(counts) >= n_local:
+                break
+            if n_batches >= self.args.max_generation_batches:
+                raise RuntimeError(
+                    f"dynamic sampling: after {n_batches} generation batches only {min(counts)} of {n_local} samples per "
+                    f"process came from prompt groups with unequal rewards ({n_groups_kept}/{n_groups_seen} groups "
+                    f"kept). The rewards are (almost) all equal within groups: the task is too easy or too hard for "
+                    f"the policy. Raise `max_generation_batches` (now {self.args.max_generation_batches}), raise "
+                    f"`num_generations`, or set `dynamic_sampling: false`.")
+            batch_inputs = self._refill_inputs(n_local)
+        stats = {"generation_batches": float(n_batches),
+                 "kept_group_share": n_groups_kept / max(n_groups_seen, 1)}
+        self.dynamic_sampling_stats.append(stats)
+        if dynamic:
+            for k, v in stats.items():
+                self._metrics[mode][f"rlscope/dynamic_sampling/{k}"].append(v)
+        output = kept_parts[0][0] if len(kept_parts) == 1 and dynamic is False else self._assemble(kept_parts, n_local)
+        self._capture_rollouts(output, [row for p in kept_parts for row in p[2]][:n_local],
+                               [r for p in kept_parts for r in p[3]][:n_local])
+        return output
+
+    def _assemble(self, parts, n_local: int) -> dict[str, Any]:
+        """Concatenate the kept rows of several rollout dicts into one batch of exactly ``n_local`` rows."""
+        pad_id = self.processing_class.pad_token_id if hasattr(self.processing_class, "pad_token_id") \
+            else self.processing_class.tokenizer.pad_token_id
+        keys = set(parts[0][0])
+        unknown = keys - set(_SEQ_KEYS) - _ROW_KEYS - {"num_items_in_batch"}
+        if unknown:
+            raise NotImplementedError(f"dynamic sampling cannot re-assemble rollout fields {sorted(unknown)} "
+                                      f"(multimodal inputs); set `dynamic_sampling: false`")
+        out: dict[str, Any] = {}
+        for key in keys - {"num_items_in_batch"}:
+            pieces = [p[0][key][p[1]] for p in parts]
+            if key in _ROW_KEYS:
+                out[key] = torch.cat(pieces, dim=0)[:n_local]
+            else:
+                side, value = _SEQ_KEYS[key]
+                out[key] = pad_cat(pieces, side, pad_id if value is None else value)[:n_local]
+        loss_mask = out["completion_mask"] if "tool_mask" not in out else out["completion_mask"] * out["tool_mask"]
+        out["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
+        return out
+
+    def _capture_rollouts(self, output: dict, rows: list[dict], rewards: list[float]) -> None:
+        """Hand this step's rollouts (text, reward, advantage, length) to the run store (gathered; rank 0 writes)."""
+        step = self.step_offset + self.state.global_step + 1
+        if self.run_store is None or not self.rollout_log_every or (step - 1) % self.rollout_log_every:
+            return
+        from accelerate.utils import gather_object
+
+        tok = self.processing_class if hasattr(self.processing_class, "batch_decode") else self.processing_class.tokenizer
+        mask = output["completion_mask"].bool()
+        comp = [ids[m].tolist() for ids, m in zip(output["completion_ids"], mask)]
+        texts = tok.batch_decode(comp, skip_special_tokens=True)
+        local = [{"step": step, "rank": self.accelerator.process_index,
+                  "prompt": r["prompt"] if isinstance(r["prompt"], str) else str(r["prompt"]),
+                  "completion": t, "reward": float(rw), "advantage": float(a), "length": len(c)}
+                 for r, t, rw, a, c in zip(rows, texts, rewards, output["advantages"].tolist(), comp)]
+        gathered = gather_object(local)
+        if self.accelerator.is_main_process:
+            self.run_store.log_rollouts(gathered)

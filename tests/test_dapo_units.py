@@ -1,0 +1,46 @@
+import math
+
+import pytest
+import torch
+
+from rlscope.trainers.dapo import _named_reward, RewardFunctionError, group_keep_mask, pad_cat
+
+
+def test_group_keep_mask_drops_all_equal_groups():
+    r = torch.tensor([1., 1., 1., 1., 0., 1., 0., 0., 0.5, 0.5, 0.5, 0.5])
+    assert group_keep_mask(r, 4).tolist() == [False] * 4 + [True] * 4 + [False] * 4
+
+
+def test_group_keep_mask_ignores_nan_and_needs_two_scored():
+    nan = math.nan
+    r = torch.tensor([nan, 1., 0., nan, nan, nan, nan, 1., nan, 2., 2., nan])
+    assert group_keep_mask(r, 4).tolist() == [True] * 4 + [False] * 4 + [False] * 4
+
+
+def test_group_keep_mask_matches_a_loop_on_random_inputs():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        n = 6
+        r = torch.randint(0, 3, (8 * n,), generator=g).float()
+        expect = []
+        for i in range(8):
+            grp = r[i * n:(i + 1) * n].tolist()
+            expect += [len(set(grp)) > 1] * n
+        assert group_keep_mask(r, n).tolist() == expect
+
+
+def test_pad_cat_pads_each_side():
+    a = torch.tensor([[1, 2]])
+    b = torch.tensor([[3, 4, 5]])
+    assert pad_cat([a, b], "left", 0).tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert pad_cat([a, b], "right", 9).tolist() == [[1, 2, 9], [3, 4, 5]]
+
+
+def test_reward_function_errors_name_the_function():
+    def my_reward(completions, **kw):
+        raise ZeroDivisionError("boom")
+
+    wrapped = _named_reward(my_reward)
+    assert wrapped.__name__ == "my_reward"
+    with pytest.raises(RewardFunctionError, match="reward function 'my_reward' raised ZeroDivisionError: boom"):
+        wrapped(["x"])

@@ -1,0 +1,62 @@
+import random
+
+import pytest
+
+from rlscope.tasks import chainsum, get_task
+
+
+def test_demonstrations_are_correct_in_every_style():
+    rng = random.Random(1)
+    for _ in range(300):
+        terms = chainsum.make_problem(rng, rng.randint(2, 8), 9)
+        for style in ("direct", "scratch", "recheck"):
+            demo = chainsum.demonstration(terms, style, rng)
+            assert chainsum.reward(demo, sum(terms)) == 1.0, (terms, style, demo)
+            if style == "recheck":
+                assert "wait" in demo
+
+
+def test_reward_requires_the_final_answer_marker():
+    assert chainsum.reward("1+2=3#3", "3") == 1.0
+    assert chainsum.reward("1+2=3#4", "3") == 0.0
+    assert chainsum.reward("#3 and more", "3") == 0.0
+    assert chainsum.reward("", "3") == 0.0
+    assert chainsum.reward("#3#5", "5") == 1.0
+
+
+def test_splits_are_seeded_disjoint_and_heldout_has_harder_problems():
+    a = chainsum.build_splits(seed=3, n_train=500, n_sft=500, n_heldout=64)
+    b = chainsum.build_splits(seed=3, n_train=500, n_sft=500, n_heldout=64)
+    assert a == b
+    held = {r["prompt"] for r in a["heldout"]}
+    assert not held & {r["prompt"] for r in a["train"]}
+    assert not held & {r["prompt"] for r in a["sft"]}
+    spec = chainsum.ChainSumSpec()
+    hard = [r for r in a["heldout"] if r["difficulty"] == "hard"]
+    assert len(hard) == 16 and all(r["n_terms"] > spec.max_terms for r in hard)
+    assert max(r["n_terms"] for r in a["train"]) == spec.max_terms
+    styles = {r["style"] for r in a["sft"]}
+    assert styles == {"direct", "scratch", "recheck"}
+    lengths = {len(r["completion"]) for r in a["sft"]}
+    assert max(lengths) - min(lengths) > 30  # how much to reason varies: length is free to move
+
+
+def test_task_reward_funcs_read_columns_and_name_missing_ones():
+    task = get_task("chainsum", n_train=10, n_sft=10)
+    f = task.reward_funcs()[0]
+    assert f(["1+2=3#3", "#4"], answer=["3", "3"]) == [1.0, 0.0]
+    with pytest.raises(KeyError, match="answer"):
+        f(["#3"], solution=["3"])
+
+
+def test_unknown_task_suggests_the_closest_name():
+    with pytest.raises(ValueError, match="did you mean 'chainsum'"):
+        get_task("chainsun")
+
+
+def test_missing_dataset_column_is_named():
+    from datasets import Dataset
+
+    task = get_task("chainsum", n_train=10, n_sft=10)
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['answer'\]"):
+        task.check_columns(Dataset.from_list([{"prompt": "1+1="}]), "train")
