@@ -6,7 +6,7 @@ from rlscope.recipe import parse_recipe
 
 @pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_recipe_parses_and_has_its_launch_line(path):
-    run_args, cfg, model_args = parse_recipe(["--config", str(path)])
+    run_args, cfg, model_args = parse_recipe(["--config", str(path), "--bf16", "false", "--use_cpu", "true"])
     header = path.read_text().split("\n")[:8]
     assert any("Launch:" in line for line in header), f"{path.name}: no launch line in the header"
     assert cfg.max_steps > 0 and model_args.model_name_or_path

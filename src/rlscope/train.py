@@ -127,6 +127,12 @@ def run(run_args: RunArguments, cfg, model_args, quiet: bool = False, callbacks:
         offset = run_args.sft_steps
         phases["sft"] = [1, offset]
 
+    init_kwargs = dict(cfg.model_init_kwargs or {})
+    if model_args.dtype and model_args.dtype != "auto":
+        init_kwargs.setdefault("dtype", model_args.dtype)
+    if model_args.attn_implementation:
+        init_kwargs.setdefault("attn_implementation", model_args.attn_implementation)
+    cfg.model_init_kwargs = init_kwargs or None
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     train_ds = task.dataset("train")
     task.check_columns(train_ds, "train")
