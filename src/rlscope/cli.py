@@ -30,6 +30,10 @@ def cmd_demo(ns) -> int:
     print(f"held-out greedy pass@1, SFT checkpoint (before RL): {s['heldout_before']:.3f}")
     print(f"held-out greedy pass@1, after {s['rl_steps']} DAPO steps:   {s['heldout_after']:.3f}  ({gain:+.3f})")
     print(f"  by difficulty after RL: {json.dumps({k: round(v, 3) for k, v in s['heldout_after_by_difficulty'].items()})}")
+    if s.get("heldout_sampled_before") is not None:
+        gain_s = s["heldout_sampled_after"] - s["heldout_sampled_before"]
+        print(f"held-out sampled pass@1 ({run_args.eval_samples} samples/prompt, T=1): "
+              f"{s['heldout_sampled_before']:.3f} -> {s['heldout_sampled_after']:.3f}  ({gain_s:+.3f})")
     print(f"RL: {s['rl_steps_per_second']:.2f} steps/s; wall time {s['wall_seconds'] / 60:.1f} min")
     print(f"run directory: {s['run_dir']}  (metrics.jsonl, rollouts.jsonl, evals.jsonl, models/, checkpoints/)")
     return 0
@@ -57,15 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlscope", description="An observatory for RL post-training of LMs.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="embedded end-to-end run: tiny model, SFT warm start, DAPO, held-out eval")
+    d = sub.add_parser("demo", help="embedded end-to-end run: tiny model, SFT warm start, DAPO, held-out eval; "
+                                    "other flags override the recipe (e.g. --max_steps 50)")
     d.add_argument("--runs-dir", default="runs")
     d.add_argument("--run-name", default="demo")
-    d.add_argument("overrides", nargs=argparse.REMAINDER, help="recipe overrides, e.g. --max_steps 50")
     d.set_defaults(func=cmd_demo)
 
-    t = sub.add_parser("train", help="run a recipe (also: accelerate launch -m rlscope.train --config RECIPE)")
+    t = sub.add_parser("train", help="run a recipe (also: accelerate launch -m rlscope.train --config RECIPE); "
+                                     "other flags override the recipe (e.g. --learning_rate 1e-5)")
     t.add_argument("--config", help="recipe YAML")
-    t.add_argument("overrides", nargs=argparse.REMAINDER, help="recipe overrides, e.g. --learning_rate 1e-5")
     t.set_defaults(func=cmd_train)
 
     b = sub.add_parser("bench", help="benchmarks; the last output line is JSON")
@@ -80,7 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     _env_defaults()
-    ns = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    ns, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if rest and ns.command not in ("demo", "train"):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    ns.overrides = rest  # demo/train: everything else overrides the recipe (validated by the recipe parser)
     return ns.func(ns)
 
 

@@ -32,6 +32,8 @@ class RunArguments:
     sft_batch_size: int = field(default=64, metadata={"help": "SFT batch size per device."})
     eval_heldout: bool = field(default=True, metadata={
         "help": "Greedy held-out accuracy before and after RL (main process)."})
+    eval_samples: int = field(default=8, metadata={
+        "help": "Held-out sampled pass@1: samples per prompt at temperature 1 (0 = greedy only)."})
     rollout_log_every: int = field(default=1, metadata={"help": "Store rollouts every N steps (0 = never)."})
 
     def __post_init__(self):
@@ -75,5 +77,5 @@ def parse_recipe(argv: list[str] | None = None) -> tuple[RunArguments, DAPOConfi
                 close = difflib.get_close_matches(key, known_keys(), n=1)
                 hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
             raise ValueError(f"recipe {path}: unknown key(s) {', '.join(hints)}")
-    parser = TrlParser(DATACLASSES)
+    parser = TrlParser(DATACLASSES, allow_abbrev=False)  # "--learning_rat" must not pass as "--learning_rate"
     return tuple(parser.parse_args_and_config(argv))

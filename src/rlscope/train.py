@@ -41,11 +41,12 @@ def tiny_sft_model(task_name: str, task_config: dict, steps: int = 300, lr: floa
     """The tiny model warm-started by ``steps`` SFT steps on the task, cached under ``$RLSCOPE_CACHE``."""
     from filelock import FileLock
 
-    from rlscope.tasks import get_task
+    from rlscope.tasks import chainsum, get_task
     from rlscope.tinymodel import TinySpec, build_tiny
     from rlscope.trainers.sft import run_sft
 
-    key = json.dumps({"task": task_name, "cfg": task_config, "steps": steps, "lr": lr, "seed": seed,
+    key = json.dumps({"task": task_name, "format": chainsum.FORMAT_VERSION, "cfg": task_config, "steps": steps,
+                      "lr": lr, "seed": seed,
                       "spec": dataclasses.asdict(TinySpec())}, sort_keys=True)
     path = cache_dir() / f"tiny-sft-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
     with FileLock(str(path) + ".lock"):
@@ -138,14 +139,16 @@ def run(run_args: RunArguments, cfg, model_args, quiet: bool = False, callbacks:
     task.check_columns(train_ds, "train")
     trainer = DAPOTrainer(model=model_path, reward_funcs=task.reward_funcs(), args=cfg, train_dataset=train_ds,
                           processing_class=tokenizer, callbacks=[RunStoreCallback(writer, step_offset=offset), *callbacks],
-                          run_store=writer if main else None, rollout_log_every=run_args.rollout_log_every,
+                          run_store=writer, rollout_log_every=run_args.rollout_log_every,
                           step_offset=offset)
     evaluate = run_args.eval_heldout and not _is_zero3(cfg)
     summary: dict = {"run_dir": str(run_dir), "world_size": state.num_processes}
     if evaluate and main:
-        before = evaluate_task(trainer.accelerator.unwrap_model(trainer.model), tokenizer, task)
+        before = evaluate_task(trainer.accelerator.unwrap_model(trainer.model), tokenizer, task,
+                               n_samples=run_args.eval_samples, seed=cfg.seed)
         writer.log_eval(offset, "before_rl", before.as_metrics("heldout"))
         summary["heldout_before"] = before.accuracy
+        summary["heldout_sampled_before"] = before.sampled_accuracy
     state.wait_for_everyone()
 
     t_rl = time.time()
@@ -158,9 +161,11 @@ def run(run_args: RunArguments, cfg, model_args, quiet: bool = False, callbacks:
     if main:
         tokenizer.save_pretrained(str(final_dir))
     if evaluate and main:
-        after = evaluate_task(trainer.accelerator.unwrap_model(trainer.model), tokenizer, task)
+        after = evaluate_task(trainer.accelerator.unwrap_model(trainer.model), tokenizer, task,
+                              n_samples=run_args.eval_samples, seed=cfg.seed)
         writer.log_eval(offset + steps, "after_rl", after.as_metrics("heldout"))
         summary["heldout_after"] = after.accuracy
+        summary["heldout_sampled_after"] = after.sampled_accuracy
         summary["heldout_after_by_difficulty"] = after.by_difficulty
     summary.update({"rl_steps": steps, "rl_seconds": rl_seconds, "rl_steps_per_second": steps / max(rl_seconds, 1e-9),
                     "wall_seconds": time.time() - t0, "phases": phases})

@@ -4,8 +4,8 @@ Prompt ``"4+8+3+2="``; the answer is the number after the last ``#`` (``"...#17"
 model's choice, because the SFT demonstrations mix three styles:
 
 * direct      ``#17``
-* scratchpad  ``4+8=12,12+3=15,15+2=17#17``
-* re-check    ``4+8=12,12+3=16,wait 12+3=15,15+2=17#17`` -- a slip, caught and fixed after "wait"
+* scratchpad  ``12+3+2,15+2,17#17``  (the chain reduced one addition at a time)
+* re-check    ``12+3+2,16+2,wait 15+2,17#17`` -- a slip, caught and fixed after "wait"
 
 A direct answer to a long chain is hard for a small model, a scratchpad is reliable, a re-check repairs slips: RL can
 shift the mix, so completion length and reflection-word rate are free to move (unlike a fixed-length scratchpad).
@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass
 
 ANSWER_RE = re.compile(r"#(-?\d+)\s*$")
+# Bump when the generator or the demonstration format changes: cached warm starts are keyed by it.
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -49,19 +51,25 @@ def _slip(rng: random.Random, value: int) -> int:
 
 
 def demonstration(terms: list[int], style: str, rng: random.Random) -> str:
-    """A correct completion of ``terms`` in one of the three styles (``direct``, ``scratch``, ``recheck``)."""
+    """A correct completion of ``terms`` in one of the three styles (``direct``, ``scratch``, ``recheck``).
+
+    The scratchpad reduces the chain one addition at a time, rewriting what is left (``4+8+3+2=`` ->
+    ``12+3+2,15+2,17``): each step copies the previous one shifted by a term, which a small transformer can learn
+    quickly. ``recheck`` makes one slip in a step, then writes ``wait`` and the corrected step.
+    """
     total = sum(terms)
     if style == "direct" or len(terms) == 1:
         return f"#{total}"
-    steps, acc = [], terms[0]
-    slip_at = rng.randrange(1, len(terms)) if style == "recheck" else -1
-    for i, t in enumerate(terms[1:], start=1):
-        new = acc + t
+    steps, rest = [], list(terms)
+    slip_at = rng.randrange(len(terms) - 1) if style == "recheck" else -1
+    for i in range(len(terms) - 1):
+        merged = rest[0] + rest[1]
+        rest = [merged] + rest[2:]
+        step = "+".join(str(t) for t in rest)
         if i == slip_at:
-            steps.append(f"{acc}+{t}={_slip(rng, new)},wait {acc}+{t}={new}")
-        else:
-            steps.append(f"{acc}+{t}={new}")
-        acc = new
+            wrong = "+".join(str(t) for t in [_slip(rng, merged)] + rest[1:])
+            step = f"{wrong},wait {step}"
+        steps.append(step)
     return ",".join(steps) + f"#{total}"
 
 

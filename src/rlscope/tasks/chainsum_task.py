@@ -13,7 +13,7 @@ class ChainSumTask(Task):
     reward_columns = ("answer",)
 
     def __init__(self, seed: int = 0, n_train: int = 20000, n_sft: int = 20000, n_heldout: int = 64,
-                 max_completion_length: int = 72, **spec):
+                 max_completion_length: int = 96, **spec):
         self.seed, self.n_train, self.n_sft, self.n_heldout = seed, n_train, n_sft, n_heldout
         self.max_completion_length = max_completion_length
         self.spec = chainsum.ChainSumSpec(**spec)

@@ -107,7 +107,8 @@ def group_keep_mask(rewards: torch.Tensor, num_generations: int) -> torch.Tensor
 class DAPOTrainer(GRPOTrainer):
     """GRPO/DAPO on TRL's ``GRPOTrainer``; see the module docstring.
 
-    ``run_store`` (an :class:`rlscope.store.RunWriter`) receives the rollouts of each optimizer step (rank 0 writes).
+    ``run_store`` (an :class:`rlscope.store.RunWriter`) receives the rollouts of each optimizer step: pass it on every
+    rank (the rollouts are gathered from all ranks, a collective), only the main process writes.
     ``rollout_log_every``: write rollouts every N optimizer steps (0 = never). ``step_offset``: where this phase
     starts on the run's step axis (after an SFT warm start).
     """

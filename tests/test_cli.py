@@ -1,0 +1,42 @@
+"""The console script: parsing, the demo path with small overrides, the step benchmark's JSON line."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+def rlscope(*args, timeout=900):
+    return subprocess.run([sys.executable, "-m", "rlscope.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_unknown_flag_for_bench_is_rejected():
+    p = rlscope("bench", "step", "--nope")
+    assert p.returncode != 0 and "unrecognized arguments: --nope" in p.stderr
+
+
+def test_unknown_recipe_override_is_named(tmp_path):
+    p = rlscope("train", "--config", "recipes/tiny_dapo.yaml", "--learning_rat", "1e-5")
+    assert p.returncode != 0 and "--learning_rat" in p.stderr
+
+
+@pytest.mark.slow
+def test_demo_command_end_to_end_small(tmp_path):
+    p = rlscope("demo", "--runs-dir", str(tmp_path), "--run-name", "d", "--sft_steps", "20", "--sft_batch_size", "16",
+                "--max_steps", "2", "--report_to", "none", "--per_device_train_batch_size", "16",
+                "--max_completion_length", "32", "--overlong_buffer_len", "8", "--dynamic_sampling", "false")
+    assert p.returncode == 0, p.stderr[-4000:]
+    assert "held-out greedy pass@1, SFT checkpoint (before RL)" in p.stdout
+    assert f"run directory: {tmp_path}/d" in p.stdout
+
+
+@pytest.mark.slow
+def test_bench_step_prints_json_last(tiny_sft_path):
+    p = rlscope("bench", "step", "--json", "--steps", "2", "--warmup", "1")
+    assert p.returncode == 0, p.stderr[-4000:]
+    result = json.loads(p.stdout.strip().splitlines()[-1])
+    assert result["bench"] == "step" and result["steps_timed"] == 2 and result["steps_per_second"] > 0
