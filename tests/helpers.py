@@ -23,7 +23,12 @@ def run_recipe(tmp_path, recipe="tiny_dapo.yaml", *overrides, fast=True):
 
 
 def launch(tmp_path, accelerate_config, *overrides, timeout=900):
-    """Run a recipe under ``accelerate launch`` in fresh processes; returns the CompletedProcess."""
+    """Run a recipe under ``accelerate launch`` in fresh processes; returns the CompletedProcess.
+
+    DeepSpeed on CPU: accelerate starts DeepSpeed's process group only with use_cpu off and a named backend.
+    """
+    if accelerate_config.startswith("zero"):
+        overrides = ("--use_cpu", "false", "--ddp_backend", "gloo", *overrides)
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            str(RECIPES / "accelerate" / accelerate_config), "--main_process_port", str(_free_port()),

@@ -11,7 +11,7 @@ def test_ddp_two_processes_record_world_size_two(tmp_path, tiny_sft_path):
     launch(tmp_path, "ddp2.yaml", "--max_steps", "2", "--run_name", "ddp")
     m = meta(tmp_path / "ddp")
     assert m["world_size"] == 2 and m["status"] == "finished"
-    assert "MULTI" in m["distributed_type"]
+    assert "MULTI" in m["distributed_type"] and m["zero_stage"] is None
     r = RunReader(tmp_path / "ddp")
     assert r.series("loss")[0] == [1, 2]
     ranks = {x["rank"] for x in r.rollouts().to_pylist()}
@@ -26,5 +26,7 @@ def test_deepspeed_zero_runs_the_tiny_recipe(tmp_path, tiny_sft_path, config):
     m = meta(tmp_path / name)
     assert m["world_size"] == 2 and m["status"] == "finished"
     assert "DEEPSPEED" in m["distributed_type"]
+    assert m["zero_stage"] == int(name[-1])
+    assert m["params_partitioned"] is (name == "zero3")
     assert RunReader(tmp_path / name).series("loss")[0] == [1, 2]
     assert (tmp_path / name / "models" / "final").is_dir()

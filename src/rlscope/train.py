@@ -141,6 +141,13 @@ def run(run_args: RunArguments, cfg, model_args, quiet: bool = False, callbacks:
                           processing_class=tokenizer, callbacks=[RunStoreCallback(writer, step_offset=offset), *callbacks],
                           run_store=writer, rollout_log_every=run_args.rollout_log_every,
                           step_offset=offset)
+    if main:
+        plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+        first = next(trainer.model.parameters())
+        writer.write_meta({"zero_stage": plugin.zero_stage if plugin is not None else None,
+                           # under ZeRO-3 each rank holds a shard: DeepSpeed marks partitioned parameters
+                           "params_partitioned": bool(getattr(first, "ds_numel", None) is not None
+                                                      and first.numel() < first.ds_numel)})
     evaluate = run_args.eval_heldout and not _is_zero3(cfg)
     summary: dict = {"run_dir": str(run_dir), "world_size": state.num_processes}
     if evaluate and main:
