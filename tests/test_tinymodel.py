@@ -13,11 +13,16 @@ def test_build_save_reload_is_seeded_and_roundtrips(tmp_path, tiny_path):
     assert 2_000_000 < sum(p.numel() for p in a.parameters()) < 5_000_000
 
 
-def test_character_tokenizer_and_chat_template(tiny_path):
-    tok = AutoTokenizer.from_pretrained(tiny_path)
-    text = "12+3+2,15+2,wait 17#17"
+def test_character_tokenizer_reloads_identically_and_has_a_chat_template(tiny_path):
+    from rlscope.tinymodel import build_tokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_path)  # transformers 5 reloads a qwen2 tokenizer as Qwen2Tokenizer
+    built = build_tokenizer()
+    text = "12+3+2,15+2,wait 17#17 A\nB  c {x}"
     ids = tok(text, add_special_tokens=False)["input_ids"]
-    assert len(ids) == len(text) and tok.decode(ids) == text
+    assert ids == built(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(text) and tok.decode(ids) == text  # one token per character, spaces kept
+    assert tok.unk_token_id not in ids
     chat = tok.apply_chat_template([{"role": "user", "content": "1+2="}], tokenize=False, add_generation_prompt=True)
     assert chat == "<|user|>1+2=<|assistant|>"
     full = tok.apply_chat_template([{"role": "user", "content": "1+2="}, {"role": "assistant", "content": "#3"}],

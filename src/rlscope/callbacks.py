@@ -25,6 +25,8 @@ class RunStoreCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
+            if "train_runtime" in logs:  # the end-of-training summary shares the last step: keep its names apart
+                logs = {f"summary/{k}": v for k, v in logs.items()}
             self.writer.log_metrics(self.step_offset + state.global_step, logs)
 
     def on_train_end(self, args, state, control, **kwargs):

@@ -5,7 +5,8 @@ Layout of ``runs/<name>/``::
     config.yaml        the resolved recipe (every field of every argument dataclass)
     meta.json          versions, world size, seed, task, model, start time
     metrics.jsonl      long format, one JSON object per line: {"step": int, "name": str, "value": float}
-    rollouts.jsonl     one object per completion: step, rank, prompt, completion, reward, advantage, length
+    rollouts.jsonl     one object per completion: step, rank, prompt, completion, reward, advantage, length; ``step`` is
+                       the optimizer step at which the batch was generated (with steps_per_generation k, every k-th)
     evals.jsonl        held-out evaluations: {"step", "phase", "name", "value"}
     checkpoints/       trainer checkpoints (checkpoint-N/), resumable
     models/            saved models (init/, sft/, final/)

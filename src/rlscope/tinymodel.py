@@ -41,15 +41,35 @@ class TinySpec:
     seed: int = 0
 
 
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable-unicode table (the alphabet of a byte-level BPE: space is "\u0120", newline "\u010a")."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + \
+        list(range(ord("\xae"), ord("\xff") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
 def build_tokenizer():
-    """A character-level ``PreTrainedTokenizerFast`` built with ``tokenizers`` (WordLevel over single chars)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    """A character-level ``PreTrainedTokenizerFast`` built with ``tokenizers``.
+
+    It is a byte-level BPE with an empty merge list, so every ASCII character is one token. That shape matters:
+    transformers 5 reloads any ``qwen2`` model's tokenizer as ``Qwen2Tokenizer`` (byte-level pre-tokenizer, NFC),
+    whatever ``tokenizer_config.json`` says; a plain WordLevel tokenizer would silently lose its spaces on reload,
+    this one reloads token-for-token identical (tested).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + CHARACTERS)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tok.decoder = decoders.Fuse()
+    table = _bytes_to_unicode()
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + [table[ord(c)] for c in CHARACTERS])}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token="<pad>",

@@ -181,7 +181,10 @@ class DAPOTrainer(GRPOTrainer):
             n_batches += 1
             out = super()._generate_and_score_completions(batch_inputs)
             rewards = self._total_rewards()
-            keep = group_keep_mask(rewards, self.num_generations) if dynamic else torch.ones_like(rewards, dtype=torch.bool)
+            if dynamic:
+                keep = group_keep_mask(rewards, self.num_generations)
+            else:
+                keep = torch.ones_like(rewards, dtype=torch.bool)
             n_groups_seen += rewards.numel() // self.num_generations
             n_groups_kept += int(keep.view(-1, self.num_generations)[:, 0].sum())
             local_keep = keep[rank * n_local:(rank + 1) * n_local]
@@ -206,7 +209,7 @@ class DAPOTrainer(GRPOTrainer):
         if dynamic:
             for k, v in stats.items():
                 self._metrics[mode][f"rlscope/dynamic_sampling/{k}"].append(v)
-        output = kept_parts[0][0] if len(kept_parts) == 1 and dynamic is False else self._assemble(kept_parts, n_local)
+        output = self._assemble(kept_parts, n_local) if dynamic else kept_parts[0][0]
         self._capture_rollouts(output, [row for p in kept_parts for row in p[2]][:n_local],
                                [r for p in kept_parts for r in p[3]][:n_local])
         return output

@@ -43,4 +43,5 @@ class _PrefixedStore(RunStoreCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
-            self.writer.log_metrics(state.global_step, {f"sft/{k}": v for k, v in logs.items()})
+            prefix = "sft/summary/" if "train_runtime" in logs else "sft/"
+            self.writer.log_metrics(state.global_step, {f"{prefix}{k}": v for k, v in logs.items()})
