@@ -150,12 +150,18 @@ def run(run_args: RunArguments, cfg, model_args, quiet: bool = False, callbacks:
                                                       and first.numel() < first.ds_numel)})
     evaluate = run_args.eval_heldout and not _is_zero3(cfg)
     summary: dict = {"run_dir": str(run_dir), "world_size": state.num_processes}
-    if evaluate and main:
-        before = evaluate_task(trainer.accelerator.unwrap_model(trainer.model), tokenizer, task,
+
+    def heldout(step: int, when: str):
+        """Held-out eval (main process): stored as phase ``<when>_rl``, summarised as ``heldout[_sampled]_<when>``."""
+        result = evaluate_task(trainer.accelerator.unwrap_model(trainer.model), tokenizer, task,
                                n_samples=run_args.eval_samples, seed=cfg.seed)
-        writer.log_eval(offset, "before_rl", before.as_metrics("heldout"))
-        summary["heldout_before"] = before.accuracy
-        summary["heldout_sampled_before"] = before.sampled_accuracy
+        writer.log_eval(step, f"{when}_rl", result.as_metrics("heldout"))
+        summary[f"heldout_{when}"] = result.accuracy
+        summary[f"heldout_sampled_{when}"] = result.sampled_accuracy
+        return result
+
+    if evaluate and main:
+        heldout(offset, "before")
     state.wait_for_everyone()
 
     t_rl = time.time()
@@ -168,12 +174,7 @@ def run(run_args: RunArguments, cfg, model_args, quiet: bool = False, callbacks:
     if main:
         tokenizer.save_pretrained(str(final_dir))
     if evaluate and main:
-        after = evaluate_task(trainer.accelerator.unwrap_model(trainer.model), tokenizer, task,
-                              n_samples=run_args.eval_samples, seed=cfg.seed)
-        writer.log_eval(offset + steps, "after_rl", after.as_metrics("heldout"))
-        summary["heldout_after"] = after.accuracy
-        summary["heldout_sampled_after"] = after.sampled_accuracy
-        summary["heldout_after_by_difficulty"] = after.by_difficulty
+        summary["heldout_after_by_difficulty"] = heldout(offset + steps, "after").by_difficulty
     summary.update({"rl_steps": steps, "rl_seconds": rl_seconds, "rl_steps_per_second": steps / max(rl_seconds, 1e-9),
                     "wall_seconds": time.time() - t0, "phases": phases})
     if main:
