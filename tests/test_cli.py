@@ -40,3 +40,11 @@ def test_bench_step_prints_json_last(tiny_sft_path):
     assert p.returncode == 0, p.stderr[-4000:]
     result = json.loads(p.stdout.strip().splitlines()[-1])
     assert result["bench"] == "step" and result["steps_timed"] == 2 and result["steps_per_second"] > 0
+
+
+def test_bench_overhead_prints_json_last(tiny_sft_path):
+    p = rlscope("bench", "overhead", "--json", "--steps", "1", "--warmup", "1", "--repeats", "1")
+    assert p.returncode == 0, p.stderr[-3000:]
+    result = json.loads(p.stdout.strip().splitlines()[-1])
+    assert result["bench"] == "overhead" and len(result["bare_seconds_per_step"]) == 1
+    assert result["ratio"] == pytest.approx(result["median_rlscope"] / result["median_bare"], rel=1e-2)

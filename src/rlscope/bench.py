@@ -39,6 +39,79 @@ def bench_step(steps: int = 20, warmup: int = 2, recipe: str = "tiny_dapo") -> d
             "world_size": summary["world_size"]}
 
 
+def _stamp_callback(stamps: list[float]):
+    from transformers import TrainerCallback
+
+    class Stamp(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            stamps.append(time.perf_counter())
+
+    return Stamp()
+
+
+def _overhead_run(arm: str, recipe: str, steps: int, warmup: int, tmp: str, index: int) -> float:
+    """Seconds per optimizer step (after ``warmup`` steps) of one arm: ``bare`` = stock ``trl.GRPOTrainer``;
+    ``rlscope`` = rlscope's DAPOTrainer with the run store and the default Observatory attached."""
+    import dataclasses
+
+    from transformers import AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    from rlscope import paths
+    from rlscope.callbacks import RunStoreCallback, attach
+    from rlscope.recipe import parse_recipe
+    from rlscope.store import RunWriter
+    from rlscope.tasks import get_task
+    from rlscope.train import tiny_sft_model
+    from rlscope.trainers.dapo import DAPOTrainer
+
+    run_args, cfg, _ = parse_recipe(
+        ["--config", str(paths.recipe(recipe)), "--max_steps", str(steps + warmup), "--save_strategy", "no",
+         "--report_to", "none", "--disable_tqdm", "true", "--output_dir", f"{tmp}/{arm}-{index}",
+         "--dynamic_sampling", "false", "--overlong_buffer_len", "0"])
+    task = get_task(run_args.task, **run_args.task_config)
+    model = str(tiny_sft_model(run_args.task, run_args.task_config))
+    tok = AutoTokenizer.from_pretrained(model)
+    stamps: list[float] = []
+    common = dict(model=model, reward_funcs=task.reward_funcs(), train_dataset=task.dataset("train"),
+                  processing_class=tok, callbacks=[_stamp_callback(stamps)])
+    if arm == "bare":
+        names = {f.name for f in dataclasses.fields(GRPOConfig) if f.init}
+        trainer = GRPOTrainer(args=GRPOConfig(**{k: v for k, v in cfg.to_dict().items() if k in names
+                                                 and k not in ("generation_batch_size",)}), **common)
+    else:
+        writer = RunWriter(f"{tmp}/{arm}-{index}/run")
+        trainer = DAPOTrainer(args=cfg, run_store=writer, **common)
+        trainer.add_callback(RunStoreCallback(writer))
+        attach(trainer)
+    trainer.train()
+    timed = stamps[warmup:]
+    return (timed[-1] - stamps[warmup - 1]) / len(timed)
+
+
+def bench_overhead(steps: int = 10, warmup: int = 2, repeats: int = 3, recipe: str = "tiny_dapo") -> dict:
+    """Step time of the tiny DAPO recipe with rlscope (trainer, run store, default Observatory) vs a bare TRL
+    ``GRPOTrainer``: same config, seed and steps, runs interleaved (ABBA...), ratio of the median seconds/step.
+
+    Dynamic sampling and overlong shaping are off in both arms so that both do exactly the same generation and
+    reward work (stock TRL has neither); what remains is everything rlscope adds to a step.
+    """
+    import statistics
+
+    per: dict[str, list[float]] = {"bare": [], "rlscope": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(repeats):
+            order = ("bare", "rlscope") if rep % 2 == 0 else ("rlscope", "bare")
+            for arm in order:
+                per[arm].append(_overhead_run(arm, recipe, steps, warmup, tmp, rep))
+    med = {arm: statistics.median(v) for arm, v in per.items()}
+    return {"bench": "overhead", "recipe": recipe, "steps_timed": steps, "repeats": repeats,
+            "bare_seconds_per_step": [round(v, 4) for v in per["bare"]],
+            "rlscope_seconds_per_step": [round(v, 4) for v in per["rlscope"]],
+            "median_bare": round(med["bare"], 4), "median_rlscope": round(med["rlscope"], 4),
+            "ratio": round(med["rlscope"] / med["bare"], 4)}
+
+
 def print_result(result: dict, as_json: bool) -> None:
     if not as_json:
         for k, v in result.items():

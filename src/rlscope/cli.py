@@ -51,6 +51,8 @@ def cmd_bench(ns) -> int:
 
     if ns.what == "step":
         result = bench.bench_step(steps=ns.steps, warmup=ns.warmup, recipe=ns.recipe)
+    elif ns.what == "overhead":
+        result = bench.bench_overhead(steps=ns.steps, warmup=ns.warmup, repeats=ns.repeats, recipe=ns.recipe)
     else:  # argparse restricts the choices
         raise AssertionError(ns.what)
     bench.print_result(result, ns.json)
@@ -73,10 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     b = sub.add_parser("bench", help="benchmarks; the last output line is JSON")
-    b.add_argument("what", choices=["step"])
+    b.add_argument("what", choices=["step", "overhead"])
     b.add_argument("--json", action="store_true", help="print only the JSON line")
     b.add_argument("--steps", type=int, default=20)
     b.add_argument("--warmup", type=int, default=2)
+    b.add_argument("--repeats", type=int, default=3, help="overhead: runs per arm (interleaved)")
     b.add_argument("--recipe", default="tiny_dapo")
     b.set_defaults(func=cmd_bench)
     return p

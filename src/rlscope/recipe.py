@@ -35,6 +35,16 @@ class RunArguments:
     eval_samples: int = field(default=8, metadata={
         "help": "Held-out sampled pass@1: samples per prompt at temperature 1 (0 = greedy only)."})
     rollout_log_every: int = field(default=1, metadata={"help": "Store rollouts every N steps (0 = never)."})
+    observatory: bool = field(default=True, metadata={
+        "help": "Token probes live (entropy, Cov(logp, A), behaviour) as rlscope/<family>/<stat>."})
+    observatory_probes: list[str] = field(default_factory=lambda: ["entropy", "cov", "behavior"], metadata={
+        "help": "Probe families the observatory runs."})
+    observatory_every: int = field(default=1, metadata={"help": "Probe cadence in optimizer steps."})
+    observatory_table_every: int = field(default=50, metadata={
+        "help": "W&B rollouts Table every N steps (0 = never)."})
+    observatory_dump_every: int = field(default=0, metadata={
+        "help": "Save each rank's per-token tensors every N steps under runs/<name>/tokens/ for offline "
+                "recomputation (0 = never)."})
 
     def __post_init__(self):
         if isinstance(self.task_config, str):

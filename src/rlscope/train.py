@@ -141,6 +141,13 @@ def run(run_args: RunArguments, cfg, model_args, quiet: bool = False, callbacks:
                           processing_class=tokenizer, callbacks=[RunStoreCallback(writer, step_offset=offset), *callbacks],
                           run_store=writer, rollout_log_every=run_args.rollout_log_every,
                           step_offset=offset)
+    observatory = None
+    if run_args.observatory:
+        from rlscope.callbacks import attach
+
+        observatory = attach(trainer, probes=run_args.observatory_probes, every=run_args.observatory_every,
+                             table_every=run_args.observatory_table_every, step_offset=offset,
+                             dump_dir=run_dir / "tokens", dump_every=run_args.observatory_dump_every)
     if main:
         plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
         first = next(trainer.model.parameters())

@@ -37,7 +37,8 @@ _SEQ_KEYS = {
     "importance_sampling_ratio": ("right", 0.0),
     "tool_mask": ("right", 1),
 }
-_ROW_KEYS = {"advantages"}
+_ROW_KEYS = {"advantages", "rlscope_rewards"}  # rlscope_rewards: (B, n_reward_funcs), read by the taps
+COV_INTERVENTIONS = ("none", "clip_cov", "kl_cov")
 
 
 @dataclass
@@ -55,6 +56,28 @@ class DAPOConfig(GRPOConfig):
                 "(0 = off)."})
     overlong_penalty_factor: float = field(default=1.0, metadata={
         "help": "Weight of the overlong penalty reward."})
+    cov_intervention: str = field(default="none", metadata={
+        "help": "Entropy-preserving loss of Cui et al. 2025 acting on the tokens with the largest Cov(logp, A): "
+                "'none', 'clip_cov' (detach the gradient of a random share of tokens in the covariance band) or "
+                "'kl_cov' (|logp - logp_old| penalty on the top-covariance tokens)."})
+    clip_cov_ratio: float = field(default=2e-4, metadata={"help": "Clip-Cov: share of tokens to detach (verl default)."})
+    clip_cov_lb: float = field(default=1.0, metadata={"help": "Clip-Cov: lower bound of the covariance band."})
+    clip_cov_ub: float = field(default=5.0, metadata={"help": "Clip-Cov: upper bound of the covariance band."})
+    kl_cov_ratio: float = field(default=2e-3, metadata={"help": "KL-Cov: share of top-covariance tokens penalised."})
+    kl_cov_coef: float = field(default=1.0, metadata={"help": "KL-Cov: coefficient k of |logp - logp_old|."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.cov_intervention not in COV_INTERVENTIONS:
+            raise ValueError(f"cov_intervention must be one of {COV_INTERVENTIONS}, got {self.cov_intervention!r}")
+        if self.cov_intervention != "none" and self.loss_type not in ("dapo", "bnpo", "grpo", "dr_grpo"):
+            raise ValueError(f"cov_intervention {self.cov_intervention!r} works with the clipped-ratio losses "
+                             f"(dapo, bnpo, grpo, dr_grpo), not loss_type {self.loss_type!r}")
+        for name in ("clip_cov_ratio", "kl_cov_ratio"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
+        if not self.clip_cov_lb < self.clip_cov_ub:
+            raise ValueError(f"clip_cov_lb ({self.clip_cov_lb}) must be below clip_cov_ub ({self.clip_cov_ub})")
 
 
 class RewardFunctionError(RuntimeError):
@@ -136,6 +159,7 @@ class DAPOTrainer(GRPOTrainer):
         self.rollout_log_every = rollout_log_every
         self._last_rewards_per_func: torch.Tensor | None = None
         self._refill_rng = random.Random(args.seed * 1_000_003 + self.accelerator.process_index)
+        self._cov_gen = torch.Generator().manual_seed(args.seed * 7_919 + self.accelerator.process_index)
         self.dynamic_sampling_stats: list[dict[str, float]] = []
         if getattr(args, "dynamic_sampling", False):
             local = args.per_device_train_batch_size * args.steps_per_generation
@@ -156,6 +180,90 @@ class DAPOTrainer(GRPOTrainer):
         total = (rpf * weights).nansum(dim=1)
         total[torch.isnan(rpf).all(dim=1)] = torch.nan
         return total
+
+    # -- loss: Clip-Cov / KL-Cov -----------------------------------------------------------------------------------
+    def _compute_loss(self, model, inputs):
+        kind = getattr(self.args, "cov_intervention", "none")
+        if kind == "none":
+            return super()._compute_loss(model, inputs)
+        return self._cov_loss(model, inputs, kind)
+
+    def _global_mean(self, values: torch.Tensor, mask: torch.Tensor) -> float:
+        totals = self.accelerator.reduce(torch.stack([(values * mask).sum(), mask.sum()]).float(), reduction="sum")
+        return (totals[0] / totals[1].clamp(min=1.0)).item()
+
+    def _cov_loss(self, model, inputs, kind: str):
+        """Clip-Cov / KL-Cov (Cui et al. 2025, "The Entropy Mechanism of Reinforcement Learning for Reasoning Language
+        Models"), as verl implements them (``compute_policy_loss_clip_cov`` / ``_kl_cov``), normalised like TRL's loss.
+
+        cov_t = (A_t - mean A)(logp_t - mean logp) over this micro-batch's valid tokens (per rank, as in verl), with the
+        selector of :mod:`rlscope.probes.covariance`.
+
+        * ``clip_cov``: PPO clipped loss; among tokens not already clipped with ``clip_cov_lb < cov_t < clip_cov_ub``,
+          ``max(1, int(clip_cov_ratio * n_valid))`` chosen at random get no gradient.
+        * ``kl_cov``: unclipped ratio loss -A * r, plus ``kl_cov_coef * |logp - logp_old|`` on the
+          ``max(1, int(kl_cov_ratio * n_valid))`` tokens with the largest cov_t.
+        """
+        from rlscope.probes.covariance import band_mask, random_subset, token_products, top_mask
+
+        extra = [k for k in ("pixel_values", "image_grid_thw", "token_type_ids", "mm_token_type_ids") if k in inputs]
+        if extra:
+            raise NotImplementedError(f"cov_intervention supports text-only models; the batch carries {extra}")
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        input_ids = torch.cat([inputs["prompt_ids"], completion_ids], dim=1)
+        attention_mask = torch.cat([inputs["prompt_mask"], completion_mask], dim=1)
+        mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
+        logps, entropies, _ = self._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, completion_ids.size(1), compute_entropy=True)
+        adv = inputs["advantages"]
+        adv = adv.unsqueeze(1) if adv.dim() == 1 else adv
+        old = inputs.get("old_per_token_logps")
+        old = logps.detach() if old is None else old
+        log_ratio = logps - old
+        ratio = torch.exp(log_ratio)
+        products = token_products(logps.detach(), adv.detach(), mask)
+        n_valid = int(mask.sum())
+        pg1 = -adv * ratio
+        args = self.args
+        if kind == "clip_cov":
+            pg2 = -adv * torch.clamp(ratio, 1 - self.epsilon_low, 1 + self.epsilon_high)
+            clipped = (pg2 > pg1) & mask.bool()
+            candidates = band_mask(products, mask, args.clip_cov_lb, args.clip_cov_ub) & ~clipped
+            selected = random_subset(candidates, max(int(args.clip_cov_ratio * n_valid), 1), self._cov_gen)
+            per_token_loss = torch.maximum(pg1, pg2) * (~selected).to(pg1.dtype)
+        else:
+            selected = top_mask(products, mask, args.kl_cov_ratio)
+            per_token_loss = torch.where(selected, pg1 + args.kl_cov_coef * log_ratio.abs(), pg1)
+        if self.use_vllm and self.vllm_importance_sampling_correction:
+            per_token_loss = per_token_loss * inputs["importance_sampling_ratio"]
+        if self.beta != 0.0:
+            ref = inputs["ref_per_token_logps"]
+            per_token_loss = per_token_loss + self.beta * (torch.exp(ref - logps) - (ref - logps) - 1)
+
+        train = self.model.training
+        mode = "train" if train else "eval"
+        accum = self.current_gradient_accumulation_steps if train else 1.0
+        if self.loss_type == "grpo":
+            loss = ((per_token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean() / accum
+        elif self.loss_type == "bnpo":
+            loss = (per_token_loss * mask).sum() / mask.sum().clamp(min=1.0) / accum
+        elif self.loss_type == "dr_grpo":
+            loss = (per_token_loss * mask).sum() / (per_token_loss.size(0) * self.max_completion_length) / accum
+        else:  # dapo: token-level over the generation batch, as TRL normalises it
+            normalizer = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
+            if train:
+                normalizer = normalizer * self.current_gradient_accumulation_steps / args.steps_per_generation
+            loss = (per_token_loss * mask).sum() / normalizer
+
+        fmask = mask.float()
+        self._metrics[mode]["entropy"].append(self._global_mean(entropies.detach(), fmask))
+        self._metrics[mode][f"rlscope/{kind}/selected_share"].append(self._global_mean(selected.float(), fmask))
+        if kind == "clip_cov":
+            low = ((ratio < 1 - self.epsilon_low) & (adv < 0)).float()
+            high = ((ratio > 1 + self.epsilon_high) & (adv > 0)).float()
+            self._metrics[mode]["clip_ratio/low_mean"].append(self._global_mean(low, fmask))
+            self._metrics[mode]["clip_ratio/high_mean"].append(self._global_mean(high, fmask))
+        return loss
 
     # -- generation ------------------------------------------------------------------------------------------------
     def _refill_inputs(self, n_rows: int) -> list[dict]:
@@ -191,6 +299,7 @@ class DAPOTrainer(GRPOTrainer):
             for r in range(world):
                 counts[r] += int(keep[r * n_local:(r + 1) * n_local].sum())
             local_rewards = rewards[rank * n_local:(rank + 1) * n_local]
+            out["rlscope_rewards"] = self._last_rewards_per_func[rank * n_local:(rank + 1) * n_local]
             idx = local_keep.nonzero(as_tuple=True)[0]
             kept_parts.append((out, idx, [batch_inputs[i] for i in idx.tolist()], local_rewards[idx].tolist()))
             if min(counts) >= n_local:

@@ -1,4 +1,4 @@
-"""Trainer callbacks: the run-store writer (every trainer log goes to ``metrics.jsonl`` on the main process)."""
+"""The run-store writer: every ``Trainer.log`` call goes to ``metrics.jsonl`` on the main process."""
 
 from __future__ import annotations
 

@@ -1,0 +1,128 @@
+"""The per-token view of one optimizer step that the token probes read: :class:`TokenBatch`.
+
+Rows are completions, columns completion tokens (right-padded). ``mask`` marks valid tokens. Batches from several
+micro-batches or ranks are joined with :func:`concat`, which pads the token axis; a probe run on the joined batch is
+the probe of the whole step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+
+import torch
+
+# Per-row fields (shape (N,)) and per-token fields (shape (N, T)); everything else is metadata.
+ROW_FIELDS = ("advantages", "rewards", "correct", "has_eos", "reflections", "repetition", "length")
+TOKEN_FIELDS = ("logps", "entropies", "mask", "completion_ids")
+_PAD = {"logps": 0.0, "entropies": 0.0, "mask": False, "completion_ids": 0}
+
+
+@dataclass
+class TokenBatch:
+    """Tensors of one step. ``advantages`` is the sequence advantage (N,) broadcast to tokens by the probes.
+
+    ``correct``: completion counted as correct (reward of the chosen reward function >= threshold); ``has_eos``:
+    the completion ended by itself (not clipped at max length); ``reflections`` / ``repetition``: per-completion
+    behaviour features (see :mod:`rlscope.probes.behavior`), computed where the text is available.
+    """
+
+    logps: torch.Tensor | None = None
+    entropies: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    completion_ids: torch.Tensor | None = None
+    advantages: torch.Tensor | None = None
+    rewards: torch.Tensor | None = None
+    correct: torch.Tensor | None = None
+    has_eos: torch.Tensor | None = None
+    reflections: torch.Tensor | None = None
+    repetition: torch.Tensor | None = None
+    length: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.mask is not None:
+            self.mask = self.mask.bool()
+            if self.length is None:
+                self.length = self.mask.sum(dim=1).to(torch.float64)
+        if self.advantages is not None and self.advantages.dim() == 2:
+            if self.advantages.shape[1] != 1:
+                raise ValueError("token-level advantages (N, T) are not supported: the probes use sequence "
+                                 f"advantages of shape (N,), got {tuple(self.advantages.shape)}")
+            self.advantages = self.advantages[:, 0]
+
+    @property
+    def n_rows(self) -> int:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if v is not None:
+                return v.shape[0]
+        return 0
+
+    def row_broadcast(self, x: torch.Tensor) -> torch.Tensor:
+        """A per-row tensor broadcast over the token axis of ``mask``."""
+        return x.reshape(-1, 1).expand_as(self.mask)
+
+
+def _pad_to(t: torch.Tensor, width: int, value) -> torch.Tensor:
+    gap = width - t.shape[1]
+    if gap <= 0:
+        return t
+    return torch.cat([t, t.new_full((t.shape[0], gap), value)], dim=1)
+
+
+def concat(batches: list[TokenBatch]) -> TokenBatch:
+    """Join batches along the rows, right-padding the token axis (fields missing in any batch are dropped)."""
+    batches = [b for b in batches if b is not None and b.n_rows > 0] or batches[:1]
+    if not batches:
+        return TokenBatch()
+    width = max((b.mask.shape[1] for b in batches if b.mask is not None), default=0)
+    out = {}
+    for f in fields(TokenBatch):
+        vals = [getattr(b, f.name) for b in batches]
+        if any(v is None for v in vals):
+            continue
+        if f.name in TOKEN_FIELDS:
+            vals = [_pad_to(v, width, _PAD[f.name]) for v in vals]
+        out[f.name] = torch.cat(vals, dim=0)
+    return TokenBatch(**out)
+
+
+def valid_finite(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Values at valid positions as float64, with non-finite ones dropped; also the share that was non-finite."""
+    v = values[mask].to(torch.float64)
+    if v.numel() == 0:
+        return v, 0.0
+    finite = torch.isfinite(v)
+    return v[finite], float(1.0 - finite.to(torch.float64).mean())
+
+
+def quantile_sorted(sorted_values: torch.Tensor, q: float) -> float:
+    """Linear-interpolation quantile of an ascending tensor (numpy's default method); NaN when empty."""
+    n = sorted_values.numel()
+    if n == 0:
+        return math.nan
+    pos = q * (n - 1)
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, n - 1)
+    frac = pos - lo
+    return float(sorted_values[lo] * (1 - frac) + sorted_values[hi] * frac)
+
+
+def save_batch(batch: TokenBatch, directory, step: int, rank: int) -> None:
+    """Save one rank's batch of one step as ``step<NNNNNN>-rank<R>.pt`` (CPU tensors)."""
+    from pathlib import Path
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    data = {f.name: getattr(batch, f.name).detach().cpu() for f in fields(batch) if getattr(batch, f.name) is not None}
+    tmp = d / f".step{step:06d}-rank{rank}.pt.tmp"
+    torch.save(data, tmp)
+    tmp.replace(d / f"step{step:06d}-rank{rank}.pt")
+
+
+def load_batch(path) -> TokenBatch:
+    return TokenBatch(**torch.load(path, weights_only=True))
+
+
+def with_fields(batch: TokenBatch, **kw) -> TokenBatch:
+    return replace(batch, **kw)

@@ -1,0 +1,149 @@
+"""Taps: capture the per-token tensors of the policy's *training* forward inside a TRL ``GRPOTrainer``.
+
+TRL computes per-token log-probs and entropies in ``_get_per_token_logps_and_entropies`` (fused LM head). It calls that
+helper for the training loss (inside ``_compute_loss``) but also for the old-policy and reference log-probs (inside
+``_generate_and_score_completions``, under no_grad) and in evaluation. A :class:`TokenTap` wraps, on one trainer
+instance (no subclassing, no fork):
+
+* ``_compute_loss`` -- marks "inside a training loss" (only when the model is in train mode) and, after the loss,
+  files one :class:`TapRecord` with the micro-batch's completion ids, mask, advantages and rewards;
+* ``_get_per_token_logps_and_entropies`` -- keeps the (detached) log-probs and entropies of the first call made inside
+  a training loss, i.e. the policy's own forward; every other call passes through unrecorded;
+* ``_calculate_rewards`` / ``_generate_and_score_completions`` -- attach each completion's per-function rewards to the
+  rollout dict (key ``rlscope_rewards``), so they travel with the rows through TRL's shuffle and split.
+
+No extra forward pass is made: the tap reuses what TRL already computed. The wrapped methods are TRL internals, so
+the tap refuses TRL versions it was not tested against (:data:`SUPPORTED_TRL`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+SUPPORTED_TRL = ("1.16.0",)
+_WRAPPED = ("_compute_loss", "_get_per_token_logps_and_entropies", "_calculate_rewards",
+            "_generate_and_score_completions")
+REWARDS_KEY = "rlscope_rewards"
+
+
+class UnsupportedTRLVersion(RuntimeError):
+    """The installed TRL is not one the taps were tested against."""
+
+
+def check_trl(version: str | None = None) -> None:
+    """Raise :class:`UnsupportedTRLVersion` unless TRL ``version`` (default: the installed one) is supported."""
+    if version is None:
+        import trl
+
+        version = trl.__version__
+    if version not in SUPPORTED_TRL:
+        raise UnsupportedTRLVersion(
+            f"rlscope's token taps wrap TRL internals and are tested against TRL {', '.join(SUPPORTED_TRL)}; "
+            f"the installed TRL is {version}. Install a supported version (pip install 'trl=={SUPPORTED_TRL[-1]}').")
+
+
+@dataclass
+class TapRecord:
+    """One training micro-batch: detached tensors on the trainer's device."""
+
+    logps: torch.Tensor  # (B, T)
+    entropies: torch.Tensor | None  # (B, T)
+    mask: torch.Tensor  # (B, T) bool: completion tokens that enter the loss
+    completion_ids: torch.Tensor  # (B, T)
+    advantages: torch.Tensor  # (B,)
+    rewards_per_func: torch.Tensor | None  # (B, n_reward_funcs)
+    prompt_ids: torch.Tensor | None = None
+    prompt_mask: torch.Tensor | None = None
+
+
+class TokenTap:
+    """Installs on one ``trl.GRPOTrainer`` (or subclass) instance; collects :class:`TapRecord` s until drained.
+
+    ``training_passes`` counts recorded forwards, ``helper_calls`` every call of TRL's log-prob helper (the test that
+    only training passes are recorded compares the two).
+    """
+
+    def __init__(self):
+        self.records: list[TapRecord] = []
+        self.training_passes = 0
+        self.helper_calls = 0
+        self.trainer = None
+        self._in_loss = False
+        self._pending: tuple | None = None
+        self._last_rewards: torch.Tensor | None = None
+
+    def drain(self) -> list[TapRecord]:
+        out, self.records = self.records, []
+        return out
+
+    def install(self, trainer) -> "TokenTap":
+        from trl import GRPOTrainer
+
+        check_trl()
+        if not isinstance(trainer, GRPOTrainer):
+            raise TypeError(f"TokenTap needs a trl.GRPOTrainer (or subclass), got {type(trainer).__name__}")
+        if getattr(trainer, "_rlscope_tap", None) is not None:
+            raise RuntimeError("this trainer already has an rlscope tap; attach rlscope once")
+        missing = [m for m in _WRAPPED if not callable(getattr(trainer, m, None))]
+        if missing:
+            raise UnsupportedTRLVersion(f"the trainer lacks the TRL methods the taps wrap: {missing}")
+        orig = {m: getattr(trainer, m) for m in _WRAPPED}
+        tap = self
+
+        def _compute_loss(model, inputs):
+            tap._in_loss = bool(trainer.model.training)  # evaluation's prediction_step is not recorded
+            tap._pending = None
+            try:
+                loss = orig["_compute_loss"](model, inputs)
+            finally:
+                tap._in_loss = False
+            if tap._pending is not None:
+                tap._record(inputs, *tap._pending)
+                tap._pending = None
+            return loss
+
+        def _get_per_token_logps_and_entropies(*args, **kwargs):
+            out = orig["_get_per_token_logps_and_entropies"](*args, **kwargs)
+            tap.helper_calls += 1
+            if tap._in_loss and tap._pending is None:  # the first call inside the loss is the policy's forward
+                logps, entropies = out[0], out[1]
+                tap._pending = (logps.detach(), None if entropies is None else entropies.detach())
+                tap.training_passes += 1
+            return out
+
+        def _calculate_rewards(*args, **kwargs):
+            rewards = orig["_calculate_rewards"](*args, **kwargs)
+            tap._last_rewards = rewards  # gathered over all processes (TRL normalises groups across ranks)
+            return rewards
+
+        def _generate_and_score_completions(*args, **kwargs):
+            tap._last_rewards = None
+            out = orig["_generate_and_score_completions"](*args, **kwargs)
+            if REWARDS_KEY not in out and tap._last_rewards is not None:
+                n = out["completion_ids"].shape[0]
+                rank = trainer.accelerator.process_index
+                out[REWARDS_KEY] = tap._last_rewards[rank * n:(rank + 1) * n].detach()
+            return out
+
+        for name, fn in (("_compute_loss", _compute_loss),
+                         ("_get_per_token_logps_and_entropies", _get_per_token_logps_and_entropies),
+                         ("_calculate_rewards", _calculate_rewards),
+                         ("_generate_and_score_completions", _generate_and_score_completions)):
+            setattr(trainer, name, fn)
+        trainer._rlscope_tap = self
+        self.trainer = trainer
+        return self
+
+    def _record(self, inputs: dict, logps: torch.Tensor, entropies: torch.Tensor | None) -> None:
+        mask = inputs["completion_mask"]
+        if "tool_mask" in inputs:
+            mask = mask * inputs["tool_mask"]
+        adv = inputs["advantages"].detach()
+        if adv.dim() == 2 and adv.shape[1] == 1:
+            adv = adv[:, 0]
+        self.records.append(TapRecord(
+            logps=logps, entropies=entropies, mask=mask.bool(), completion_ids=inputs["completion_ids"],
+            advantages=adv, rewards_per_func=inputs.get(REWARDS_KEY),
+            prompt_ids=inputs.get("prompt_ids"), prompt_mask=inputs.get("prompt_mask")))
