@@ -8,7 +8,7 @@ from rlscope.store import RunReader
 
 @pytest.mark.slow
 def test_ddp_two_processes_record_world_size_two(tmp_path, tiny_sft_path):
-    launch(tmp_path, "ddp2.yaml", "--max_steps", "2", "--run_name", "ddp")
+    launch(tmp_path, "ddp2.yaml", "--max_steps", "2", "--run_name", "ddp", "--observatory_dump_every", "1")
     m = meta(tmp_path / "ddp")
     assert m["world_size"] == 2 and m["status"] == "finished"
     assert "MULTI" in m["distributed_type"] and m["zero_stage"] is None
@@ -16,6 +16,20 @@ def test_ddp_two_processes_record_world_size_two(tmp_path, tiny_sft_path):
     assert r.series("loss")[0] == [1, 2]
     ranks = {x["rank"] for x in r.rollouts().to_pylist()}
     assert ranks == {0, 1}, "rollouts of both ranks are gathered into the store"
+    # the logged token statistics are those of both ranks' tokens together: recomputed in one process from the
+    # per-rank tensors each rank dumped, they agree with what the two-process run logged
+    from rlscope.analysis.token_dynamics import dumped_steps, recompute
+
+    assert all(len(files) == 2 for files in dumped_steps(tmp_path / "ddp" / "tokens").values())
+    offline = recompute(tmp_path / "ddp" / "tokens")
+    for name in ("rlscope/cov/mean", "rlscope/cov/top_mean", "rlscope/entropy/mean", "rlscope/entropy/p90",
+                 "rlscope/behavior/length_mean"):
+        steps, values = r.series(name)
+        assert steps == [1, 2]
+        for step, v in zip(steps, values):
+            assert v == pytest.approx(offline[step][name], rel=1e-9, abs=1e-12), name
+    n_tok = r.series("rlscope/entropy/n_tokens")[1]
+    assert all(n == pytest.approx(offline[s]["rlscope/entropy/n_tokens"]) for s, n in zip([1, 2], n_tok))
 
 
 @pytest.mark.slow
@@ -29,4 +43,5 @@ def test_deepspeed_zero_runs_the_tiny_recipe(tmp_path, tiny_sft_path, config):
     assert m["zero_stage"] == int(name[-1])
     assert m["params_partitioned"] is (name == "zero3")
     assert RunReader(tmp_path / name).series("loss")[0] == [1, 2]
+    assert RunReader(tmp_path / name).series("rlscope/cov/mean")[0] == [1, 2]  # the observatory under ZeRO
     assert (tmp_path / name / "models" / "final").is_dir()

@@ -84,7 +84,7 @@ def test_taps_record_only_training_passes(tmp_path, tiny_sft_path):
     trainer = GRPOTrainer(model=str(tiny_sft_path), reward_funcs=task.reward_funcs(), args=cfg,
                           train_dataset=task.dataset("train"),
                           processing_class=AutoTokenizer.from_pretrained(tiny_sft_path))
-    obs = rlscope.attach(trainer)
+    obs = rlscope.attach(trainer).observatory
     trainer.train()
     tap = obs.tap
     assert tap.training_passes == 3 * 2  # optimizer steps x gradient accumulation micro-batches
@@ -158,5 +158,10 @@ def test_cov_intervention_recipes_run(tmp_path, kind):
                          "--eval_heldout", "false", "--run_name", kind)
     s = series(summary["run_dir"])
     assert sorted(s[f"rlscope/{kind}/selected_share"]) == [1, 2, 3]
-    assert all(v > 0 for v in s[f"rlscope/{kind}/selected_share"].values()) or kind == "clip_cov"
+    if kind == "kl_cov":  # KL-Cov always acts on at least one token; Clip-Cov only when tokens fall in the band
+        assert all(v > 0 for v in s[f"rlscope/{kind}/selected_share"].values())
     assert sorted(s["rlscope/cov/mean"]) == [1, 2, 3]
+    from rlscope.analysis.compare import summarize
+
+    (row,) = summarize([summary["run_dir"]], "rlscope/entropy/mean", tail=2)
+    assert row["steps"] == [1, 3] and row["last"] == s["rlscope/entropy/mean"][3]

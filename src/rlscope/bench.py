@@ -112,6 +112,59 @@ def bench_overhead(steps: int = 10, warmup: int = 2, repeats: int = 3, recipe: s
             "ratio": round(med["rlscope"] / med["bare"], 4)}
 
 
+def bench_passk(prompts: int = 64, n: int = 16, repeats: int = 3) -> dict:
+    """pass@k evaluation (``prompts`` held-out prompts x ``n`` samples, tiny warm-started model) through rlscope's
+    callback path (seeded per-prompt sampling, scoring, gathering, estimator, store + logging) vs a bare
+    ``model.generate`` of the same samples (same per-prompt calls, seeds and generation config), interleaved;
+    the ratio of the median seconds."""
+    import statistics
+
+    import torch
+
+    from rlscope.callbacks.passk import PassKCallback
+    from rlscope.passk_eval import _generation_config, load_policy, prompt_seed
+    from rlscope.store import RunWriter
+    from rlscope.tasks import get_task
+
+    model, tok = load_policy("tiny-sft")
+    model.eval()
+    task = get_task("chainsum", seed=0, n_heldout=max(prompts, 64))
+    rows = task.rows("heldout")[:prompts]
+    gen_config = _generation_config(tok, n, 1.0, 1.0, task.max_completion_length)
+
+    def bare() -> float:
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for i, row in enumerate(rows):
+                enc = tok([task.render_prompt(row, tok)], return_tensors="pt", add_special_tokens=False)
+                torch.manual_seed(prompt_seed(0, i))
+                model.generate(**enc, generation_config=gen_config)
+        return time.perf_counter() - t0
+
+    times: dict[str, list[float]] = {"bare": [], "rlscope": []}
+    result = None
+    with tempfile.TemporaryDirectory() as tmp:
+        cb = PassKCallback(task, n=n, every=0, max_prompts=prompts, writer=RunWriter(tmp))
+
+        def full() -> float:
+            nonlocal result
+            t0 = time.perf_counter()
+            result = cb._eval(model, tok)
+            cb._publish(0, "current" if cb.base is not None else "base", result, True)
+            cb.base = cb.base or result
+            return time.perf_counter() - t0
+
+        for rep in range(repeats):
+            for arm in (("bare", "rlscope") if rep % 2 == 0 else ("rlscope", "bare")):
+                times[arm].append(bare() if arm == "bare" else full())
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"bench": "passk", "prompts": prompts, "n": n, "repeats": repeats,
+            "rlscope_seconds": [round(v, 3) for v in times["rlscope"]], "bare_seconds": [round(v, 3) for v in times["bare"]],
+            "seconds": round(med["rlscope"], 3), "bare_generate_seconds": round(med["bare"], 3),
+            "ratio": round(med["rlscope"] / med["bare"], 4), "pass@1": round(result.at(1), 4),
+            f"pass@{n}": round(result.at(n), 4)}
+
+
 def print_result(result: dict, as_json: bool) -> None:
     if not as_json:
         for k, v in result.items():

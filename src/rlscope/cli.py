@@ -46,11 +46,31 @@ def cmd_train(ns) -> int:
     return 0
 
 
+def cmd_passk(ns) -> int:
+    from rlscope.passk_eval import load_policy, passk_report
+
+    model, tokenizer = load_policy(ns.model)
+    report = passk_report(model, tokenizer, ns.task, n=ns.n, task_config=json.loads(ns.task_config),
+                          temperature=ns.temperature, top_p=ns.top_p, seed=ns.seed, split=ns.split,
+                          max_prompts=ns.max_prompts)
+    if os.environ.get("RANK", "0") == "0":
+        if not ns.json:
+            curve = report["curve"]
+            print(f"pass@k of {ns.model} on {ns.task}/{ns.split}: {report['prompts']} prompts x {ns.n} samples "
+                  f"(T={ns.temperature}, top_p={ns.top_p}), {report['seconds']:.1f} s")
+            for k in [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= ns.n]:
+                print(f"  pass@{k:<4} {curve[k - 1]:.4f}")
+        print(json.dumps(report))
+    return 0
+
+
 def cmd_bench(ns) -> int:
     from rlscope import bench
 
     if ns.what == "step":
         result = bench.bench_step(steps=ns.steps, warmup=ns.warmup, recipe=ns.recipe)
+    elif ns.what == "passk":
+        result = bench.bench_passk(prompts=ns.prompts, n=ns.n, repeats=ns.repeats)
     elif ns.what == "overhead":
         result = bench.bench_overhead(steps=ns.steps, warmup=ns.warmup, repeats=ns.repeats, recipe=ns.recipe)
     else:  # argparse restricts the choices
@@ -74,13 +94,29 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="recipe YAML")
     t.set_defaults(func=cmd_train)
 
+    k = sub.add_parser("passk", help="pass@k (k = 1..n, unbiased) of a model on a task's held-out split; "
+                                     "runs under accelerate launch too (prompts split across ranks)")
+    k.add_argument("--model", required=True, help="model directory (or 'tiny-sft': the cached warm-started tiny model)")
+    k.add_argument("--task", required=True)
+    k.add_argument("--task-config", default="{}", help="JSON task options, e.g. '{\"seed\": 0}'")
+    k.add_argument("-n", type=int, default=16, help="samples per prompt")
+    k.add_argument("--temperature", type=float, default=1.0)
+    k.add_argument("--top-p", type=float, default=1.0)
+    k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--split", default="heldout")
+    k.add_argument("--max-prompts", type=int, default=None)
+    k.add_argument("--json", action="store_true", help="print only the JSON line")
+    k.set_defaults(func=cmd_passk)
+
     b = sub.add_parser("bench", help="benchmarks; the last output line is JSON")
-    b.add_argument("what", choices=["step", "overhead"])
+    b.add_argument("what", choices=["step", "overhead", "passk"])
     b.add_argument("--json", action="store_true", help="print only the JSON line")
     b.add_argument("--steps", type=int, default=20)
     b.add_argument("--warmup", type=int, default=2)
     b.add_argument("--repeats", type=int, default=3, help="overhead: runs per arm (interleaved)")
     b.add_argument("--recipe", default="tiny_dapo")
+    b.add_argument("--prompts", type=int, default=64, help="passk: held-out prompts")
+    b.add_argument("-n", type=int, default=16, help="passk: samples per prompt")
     b.set_defaults(func=cmd_bench)
     return p
 

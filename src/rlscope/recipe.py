@@ -42,6 +42,15 @@ class RunArguments:
     observatory_every: int = field(default=1, metadata={"help": "Probe cadence in optimizer steps."})
     observatory_table_every: int = field(default=50, metadata={
         "help": "W&B rollouts Table every N steps (0 = never)."})
+    passk_n: int = field(default=0, metadata={
+        "help": "pass@k during training: samples per held-out prompt (0 = off). The base curve is measured before "
+                "the first update."})
+    passk_every: int = field(default=0, metadata={
+        "help": "pass@k cadence in optimizer steps (0 = only before the first update and at the end)."})
+    passk_temperature: float = field(default=1.0, metadata={"help": "pass@k sampling temperature."})
+    passk_top_p: float = field(default=1.0, metadata={"help": "pass@k nucleus sampling top_p."})
+    passk_max_prompts: int | None = field(default=None, metadata={
+        "help": "pass@k on the first N held-out prompts (default: all)."})
     observatory_dump_every: int = field(default=0, metadata={
         "help": "Save each rank's per-token tensors every N steps under runs/<name>/tokens/ for offline "
                 "recomputation (0 = never)."})

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-STREAMS = ("metrics", "rollouts", "evals")
+STREAMS = ("metrics", "rollouts", "evals", "passk")
 
 
 def _clean(value: Any) -> Any:
@@ -112,10 +112,14 @@ class RunWriter:
         self._append("evals", [{"step": int(step), "phase": phase, "name": k, "value": float(v)}
                                for k, v in values.items()])
 
+    def log_passk(self, step: int, kind: str, record: dict) -> None:
+        """One pass@k evaluation: ``kind`` "base" (before the first update, the reference) or "current"."""
+        self._append("passk", [{"step": int(step), "kind": kind, **record}])
+
     def truncate_after(self, step: int) -> None:
         """Drop stream records of steps > ``step`` (a resume from ``step`` will write them again)."""
         self.close()
-        for stream in ("metrics", "rollouts"):
+        for stream in ("metrics", "rollouts", "passk"):
             path = self.dir / f"{stream}.jsonl"
             if not path.exists():
                 continue

@@ -141,13 +141,20 @@ def run(run_args: RunArguments, cfg, model_args, quiet: bool = False, callbacks:
                           processing_class=tokenizer, callbacks=[RunStoreCallback(writer, step_offset=offset), *callbacks],
                           run_store=writer, rollout_log_every=run_args.rollout_log_every,
                           step_offset=offset)
-    observatory = None
-    if run_args.observatory:
-        from rlscope.callbacks import attach
+    from rlscope.callbacks import attach
 
-        observatory = attach(trainer, probes=run_args.observatory_probes, every=run_args.observatory_every,
-                             table_every=run_args.observatory_table_every, step_offset=offset,
-                             dump_dir=run_dir / "tokens", dump_every=run_args.observatory_dump_every)
+    attached = attach(trainer, observatory=run_args.observatory, step_offset=offset,
+                      **(dict(probes=run_args.observatory_probes, every=run_args.observatory_every,
+                              table_every=run_args.observatory_table_every, dump_dir=run_dir / "tokens",
+                              dump_every=run_args.observatory_dump_every) if run_args.observatory else {}))
+    if run_args.passk_n > 0:
+        from rlscope.callbacks import PassKCallback
+
+        attached.passk = PassKCallback(task, n=run_args.passk_n, every=run_args.passk_every,
+                                       temperature=run_args.passk_temperature, top_p=run_args.passk_top_p,
+                                       seed=cfg.seed, max_prompts=run_args.passk_max_prompts,
+                                       writer=writer if main else None, step_offset=offset)
+        trainer.add_callback(attached.passk)
     if main:
         plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
         first = next(trainer.model.parameters())

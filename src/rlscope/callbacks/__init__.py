@@ -1,6 +1,8 @@
-"""Trainer callbacks: the run-store writer and the :class:`Observatory` (token probes, live)."""
+"""Trainer callbacks: the run-store writer, the token :class:`Observatory`, pass@k, and :func:`attach`."""
 
-from rlscope.callbacks.observatory import Observatory, attach
+from rlscope.callbacks.attach import Attachment, attach
+from rlscope.callbacks.observatory import Observatory
+from rlscope.callbacks.passk import PassKCallback
 from rlscope.callbacks.store import RunStoreCallback
 
-__all__ = ["Observatory", "RunStoreCallback", "attach"]
+__all__ = ["Attachment", "Observatory", "PassKCallback", "RunStoreCallback", "attach"]

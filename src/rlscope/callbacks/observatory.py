@@ -242,22 +242,3 @@ class Observatory(TrainerCallback):
         wandb.log(payload)
         self._hists, self._table = {}, None
 
-
-def attach(trainer, run_dir=None, **observatory_kwargs) -> Observatory:
-    """Add rlscope's token observatory to an existing ``trl.GRPOTrainer`` in one line; returns the callback.
-
-    The observatory goes first among the trainer's callbacks so that W&B and the run store see its metrics.
-    ``run_dir``: also write every trainer log (TRL's metrics and rlscope's) to an rlscope run store there.
-    """
-    obs = Observatory(**observatory_kwargs).bind(trainer)
-    trainer.callback_handler.callbacks.insert(0, obs)
-    if run_dir is not None:
-        from rlscope.callbacks.store import RunStoreCallback
-        from rlscope.store import RunWriter
-
-        writer = RunWriter(run_dir)
-        if trainer.accelerator.is_main_process:
-            writer.write_meta({"attached_to": type(trainer).__name__, "world_size": trainer.accelerator.num_processes,
-                               "seed": trainer.args.seed, "status": "running"})
-        trainer.add_callback(RunStoreCallback(writer, step_offset=observatory_kwargs.get("step_offset", 0)))
-    return obs

@@ -122,4 +122,7 @@ def build_splits(seed: int = 0, n_train: int = 20000, n_sft: int = 20000, n_held
         style = rng.choices(styles, weights=spec.style_weights)[0]
         sft.append({"prompt": p, "completion": demonstration(terms, style, rng), "answer": str(sum(terms)),
                     "style": style})
+    # hard prompts were drawn first; shuffle (with its own RNG: the other splits stay as they are) so that any
+    # prefix of the held-out split -- e.g. pass@k on its first N prompts -- mixes both difficulties
+    random.Random(seed * 7_919 + 1).shuffle(heldout)
     return {"sft": sft, "train": train, "heldout": heldout}
