@@ -28,10 +28,17 @@ def test_unknown_recipe_override_is_named(tmp_path):
 def test_demo_command_end_to_end_small(tmp_path):
     p = rlscope("demo", "--runs-dir", str(tmp_path), "--run-name", "d", "--sft_steps", "20", "--sft_batch_size", "16",
                 "--max_steps", "2", "--report_to", "none", "--per_device_train_batch_size", "16",
-                "--max_completion_length", "32", "--overlong_buffer_len", "8", "--dynamic_sampling", "false")
+                "--max_completion_length", "32", "--overlong_buffer_len", "8", "--dynamic_sampling", "false",
+                "--task_config", '{"seed": 0, "n_heldout": 24}', "--eval_samples", "2", "--passk_n", "4",
+                "--passk_max_prompts", "6", "--passk_every", "1")
     assert p.returncode == 0, p.stderr[-4000:]
     assert "held-out greedy pass@1, SFT checkpoint (before RL)" in p.stdout
+    assert "pass@k on 6 held-out prompts x 4 samples" in p.stdout
     assert f"run directory: {tmp_path}/d" in p.stdout
+    from rlscope.store import RunReader
+
+    recs = RunReader(tmp_path / "d").records("passk")
+    assert [(r["step"], r["kind"]) for r in recs] == [(20, "base"), (21, "current"), (22, "current")]
 
 
 @pytest.mark.slow

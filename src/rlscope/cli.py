@@ -34,6 +34,13 @@ def cmd_demo(ns) -> int:
         gain_s = s["heldout_sampled_after"] - s["heldout_sampled_before"]
         print(f"held-out sampled pass@1 ({run_args.eval_samples} samples/prompt, T=1): "
               f"{s['heldout_sampled_before']:.3f} -> {s['heldout_sampled_after']:.3f}  ({gain_s:+.3f})")
+    if s.get("passk"):
+        p = s["passk"]
+        n = p["n"]
+        cross = p["crossover_k"] if p["crossover_k"] is not None else f"none (RL stays ahead up to k={n})"
+        print(f"pass@k on {p['prompts']} held-out prompts x {n} samples: pass@1 {p['base_pass@1']:.3f} -> "
+              f"{p['final_pass@1']:.3f}, pass@{n} {p[f'base_pass@{n}']:.3f} -> {p[f'final_pass@{n}']:.3f}; "
+              f"crossover k (base >= RL): {cross}")
     print(f"RL: {s['rl_steps_per_second']:.2f} steps/s; wall time {s['wall_seconds'] / 60:.1f} min")
     print(f"run directory: {s['run_dir']}  (metrics.jsonl, rollouts.jsonl, evals.jsonl, models/, checkpoints/)")
     return 0

@@ -189,6 +189,15 @@ def run(run_args: RunArguments, cfg, model_args, quiet: bool = False, callbacks:
         tokenizer.save_pretrained(str(final_dir))
     if evaluate and main:
         summary["heldout_after_by_difficulty"] = heldout(offset + steps, "after").by_difficulty
+    pk = attached.passk
+    if pk is not None and pk.base is not None and pk.history:
+        from rlscope.probes.passk import crossover_k
+
+        final = pk.history[-1][1]
+        summary["passk"] = {"n": pk.n, "prompts": len(final.counts),
+                            "base_pass@1": pk.base.at(1), f"base_pass@{pk.n}": pk.base.at(pk.n),
+                            "final_pass@1": final.at(1), f"final_pass@{pk.n}": final.at(pk.n),
+                            "crossover_k": crossover_k(pk.base.curve, final.curve)}
     summary.update({"rl_steps": steps, "rl_seconds": rl_seconds, "rl_steps_per_second": steps / max(rl_seconds, 1e-9),
                     "wall_seconds": time.time() - t0, "phases": phases})
     if main:

@@ -20,6 +20,7 @@ from dataclasses import fields
 import torch
 from transformers import TrainerCallback
 
+from rlscope.callbacks.wandb_log import WandbQueue
 from rlscope.probes import get_probe
 from rlscope.probes.batch import TOKEN_FIELDS, TokenBatch, concat
 from rlscope.probes.behavior import REFLECTION_WORDS, row_features
@@ -82,7 +83,7 @@ class Observatory(TrainerCallback):
         self._pending: dict[str, list[float]] = defaultdict(list)
         self._hists: dict[str, tuple] = {}
         self._table: list[dict] | None = None
-        self._wandb_axis = False
+        self._wandb = WandbQueue()
 
     # -- wiring ------------------------------------------------------------------------------------------------
     def bind(self, trainer) -> "Observatory":
@@ -226,19 +227,15 @@ class Observatory(TrainerCallback):
             self._log_wandb(step[-1])
 
     def _log_wandb(self, step: float) -> None:
-        import wandb
+        hists, table = self._hists, self._table
 
-        if wandb.run is None:
-            return
-        if not self._wandb_axis:
-            wandb.define_metric(f"train/{STEP_KEY}")
-            wandb.define_metric("train/rlscope/*", step_metric=f"train/{STEP_KEY}")
-            self._wandb_axis = True
-        payload = {f"train/{k}": wandb.Histogram(np_histogram=v) for k, v in self._hists.items()}
-        if self._table:
-            cols = list(self._table[0])
-            payload["train/rlscope/rollouts"] = wandb.Table(columns=cols, data=[[r[c] for c in cols] for r in self._table])
-        payload[f"train/{STEP_KEY}"] = step
-        wandb.log(payload)
+        def payload(wandb):
+            out = {f"train/{k}": wandb.Histogram(np_histogram=v) for k, v in hists.items()}
+            if table:
+                cols = list(table[0])
+                out["train/rlscope/rollouts"] = wandb.Table(columns=cols, data=[[r[c] for c in cols] for r in table])
+            return out
+
+        self._wandb.put(step, payload)
         self._hists, self._table = {}, None
 

@@ -17,10 +17,9 @@ import warnings
 
 from transformers import TrainerCallback
 
+from rlscope.callbacks.wandb_log import WandbQueue
 from rlscope.passk_eval import PassKResult, evaluate_passk
 from rlscope.probes.passk import crossover_k
-
-STEP_KEY = "train/rlscope/step"
 
 
 class PassKCallback(TrainerCallback):
@@ -49,7 +48,7 @@ class PassKCallback(TrainerCallback):
         self.history: list[tuple[int, PassKResult]] = []
         self._last_step = None
         self._disabled = False
-        self._wandb_queue: list[dict] = []
+        self._wandb = WandbQueue()
 
     # -- helpers -----------------------------------------------------------------------------------------------
     def _zero3(self) -> bool:
@@ -93,34 +92,22 @@ class PassKCallback(TrainerCallback):
         if self.writer is not None:
             self.writer.log_passk(step, kind, record)
             self.writer.log_metrics(step, scalars)
-        self._wandb_queue.append({"step": step, "kind": kind, "scalars": scalars, "curve": result.curve})
-        self._flush_wandb()
+        base = self.base
 
-    def _flush_wandb(self) -> None:
-        if not self._wandb_queue:
-            return
-        try:
-            import wandb
-        except ImportError:
-            self._wandb_queue.clear()
-            return
-        if wandb.run is None:
-            return  # W&B not (yet) initialised: keep the queue for later
-        wandb.define_metric(STEP_KEY)
-        wandb.define_metric("train/rlscope/*", step_metric=STEP_KEY)
-        for item in self._wandb_queue:
-            payload = {f"train/{k}": v for k, v in item["scalars"].items()}
-            if item["kind"] == "current" and self.base is not None:
+        def payload(wandb, item=(step, kind, scalars, list(result.curve))):
+            step_, kind_, scalars_, curve = item
+            out = {f"train/{k}": v for k, v in scalars_.items()}
+            if kind_ == "current" and base is not None:
                 ks = list(range(1, self.n + 1))
-                payload["train/rlscope/passk/curve"] = wandb.plot.line_series(
-                    xs=ks, ys=[self.base.curve, item["curve"]], keys=["base", f"step {item['step']}"],
-                    title=f"pass@k vs k (step {item['step']})", xname="k")
-                payload["train/rlscope/passk/table"] = wandb.Table(
+                out["train/rlscope/passk/curve"] = wandb.plot.line_series(
+                    xs=ks, ys=[base.curve, curve], keys=["base", f"step {step_}"],
+                    title=f"pass@k vs k (step {step_})", xname="k")
+                out["train/rlscope/passk/table"] = wandb.Table(
                     columns=["k", "base", "current", "step"],
-                    data=[[k, b, c, item["step"]] for k, b, c in zip(ks, self.base.curve, item["curve"])])
-            payload[STEP_KEY] = item["step"]
-            wandb.log(payload)
-        self._wandb_queue.clear()
+                    data=[[k, b, c, step_] for k, b, c in zip(ks, base.curve, curve)])
+            return out
+
+        self._wandb.put(step, payload)
 
     # -- trainer events ----------------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
@@ -150,7 +137,7 @@ class PassKCallback(TrainerCallback):
 
     def on_log(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            self._flush_wandb()
+            self._wandb.flush()
 
     def _current(self, state, model) -> None:
         result = self._eval(model, self.tokenizer)
