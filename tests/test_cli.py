@@ -55,3 +55,18 @@ def test_bench_overhead_prints_json_last(tiny_sft_path):
     result = json.loads(p.stdout.strip().splitlines()[-1])
     assert result["bench"] == "overhead" and len(result["bare_seconds_per_step"]) == 1
     assert result["ratio"] == pytest.approx(result["median_rlscope"] / result["median_bare"], rel=1e-2)
+
+
+def test_bench_weights_prints_json_last():
+    p = rlscope("bench", "weights", "--json", "--svd-n", "1536", "--layers", "1")
+    assert p.returncode == 0, p.stderr[-3000:]
+    result = json.loads(p.stdout.strip().splitlines()[-1])
+    assert result["bench"] == "weights" and result["matrices"] == 7 and result["speed_ratio"] > 1
+    assert result["probe_angle_error_rad"] < 1e-3
+
+
+def test_bench_passk_prints_json_last(tiny_sft_path):
+    p = rlscope("bench", "passk", "--json", "--prompts", "4", "-n", "2", "--repeats", "1")
+    assert p.returncode == 0, p.stderr[-3000:]
+    result = json.loads(p.stdout.strip().splitlines()[-1])
+    assert result["bench"] == "passk" and result["prompts"] == 4 and result["ratio"] > 0

@@ -8,7 +8,8 @@ from rlscope.store import RunReader
 
 @pytest.mark.slow
 def test_ddp_two_processes_record_world_size_two(tmp_path, tiny_sft_path):
-    launch(tmp_path, "ddp2.yaml", "--max_steps", "2", "--run_name", "ddp", "--observatory_dump_every", "1")
+    launch(tmp_path, "ddp2.yaml", "--max_steps", "2", "--run_name", "ddp", "--observatory_dump_every", "1",
+           "--weights_every", "1")
     m = meta(tmp_path / "ddp")
     assert m["world_size"] == 2 and m["status"] == "finished"
     assert "MULTI" in m["distributed_type"] and m["zero_stage"] is None
@@ -28,6 +29,7 @@ def test_ddp_two_processes_record_world_size_two(tmp_path, tiny_sft_path):
         assert steps == [1, 2]
         for step, v in zip(steps, values):
             assert v == pytest.approx(offline[step][name], rel=1e-9, abs=1e-12), name
+    assert r.series("rlscope/weights/angle_left_mean")[0] == [1, 2]  # computed once (main process), no deadlock
     n_tok = r.series("rlscope/entropy/n_tokens")[1]
     assert all(n == pytest.approx(offline[s]["rlscope/entropy/n_tokens"]) for s, n in zip([1, 2], n_tok))
 
@@ -36,7 +38,7 @@ def test_ddp_two_processes_record_world_size_two(tmp_path, tiny_sft_path):
 @pytest.mark.parametrize("config", ["zero2.yaml", "zero3.yaml"])
 def test_deepspeed_zero_runs_the_tiny_recipe(tmp_path, tiny_sft_path, config):
     name = config.split(".")[0]
-    launch(tmp_path, config, "--max_steps", "2", "--run_name", name)
+    launch(tmp_path, config, "--max_steps", "2", "--run_name", name, "--weights_every", "1")
     m = meta(tmp_path / name)
     assert m["world_size"] == 2 and m["status"] == "finished"
     assert "DEEPSPEED" in m["distributed_type"]
@@ -45,3 +47,12 @@ def test_deepspeed_zero_runs_the_tiny_recipe(tmp_path, tiny_sft_path, config):
     assert RunReader(tmp_path / name).series("loss")[0] == [1, 2]
     assert RunReader(tmp_path / name).series("rlscope/cov/mean")[0] == [1, 2]  # the observatory under ZeRO
     assert (tmp_path / name / "models" / "final").is_dir()
+    # weight geometry with parameters gathered one at a time (ZeRO-3) equals one process on the saved final model
+    from rlscope.weight_geometry import offline_geometry
+
+    r = RunReader(tmp_path / name)
+    assert r.series("rlscope/weights/angle_left_mean")[0] == [1, 2]
+    (row,) = offline_geometry(tiny_sft_path, [tmp_path / name / "models" / "final"])
+    for key in ("angle_left_mean", "angle_right_max", "sv_rel_change_mean", "dw_rank1_energy", "dw_sigma1"):
+        # float32 SVDs in processes with different thread counts round differently: equal to ~1e-7 absolute
+        assert row["aggregate"][key] == pytest.approx(r.series(f"rlscope/weights/{key}")[1][-1], rel=1e-4, abs=1e-6), key

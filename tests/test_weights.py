@@ -102,3 +102,105 @@ def test_selection_and_aggregates():
     assert agg["angle_left_mean"] == pytest.approx(0.2) and agg["dw_rank1_energy"] == 0.5
     assert agg["kind/q/angle_left_mean"] == 0.1 and agg["layer/1/angle_left_mean"] == 0.3
     assert top_svd(torch.randn(5, 3), k=10).S.numel() == 3
+
+
+# -- snapshot, callback, offline command, rank-1 ----------------------------------------------------------------
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT
+
+
+def test_snapshot_in_memory_spills_to_disk_and_reloads(tmp_path):
+    from rlscope.weight_geometry import Snapshot
+
+    mats = {f"m{i}": torch.randn(8, 5) for i in range(3)}
+    mem = Snapshot.take(mats.items(), tmp_path / "a")
+    assert not mem.on_disk and set(mem.mem) == set(mats)
+    disk = Snapshot.take(mats.items(), tmp_path / "b", max_memory_bytes=100)  # over budget: read back from disk
+    assert disk.on_disk and not disk.mem
+    again = Snapshot.load(tmp_path / "b")
+    for name, t in mats.items():
+        assert torch.equal(disk[name], t) and torch.equal(again[name], t)
+    with pytest.raises(MemoryError, match="no snapshot directory"):
+        Snapshot.take(mats.items(), None, max_memory_bytes=100)
+
+
+def _cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "rlscope.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ, OMP_NUM_THREADS="2"))
+
+
+def test_live_probe_equals_offline_command_on_the_checkpoints(tmp_path, tiny_sft_path):
+    from helpers import run_recipe
+    from rlscope.store import RunReader
+
+    summary = run_recipe(tmp_path, "tiny_dapo.yaml", "--max_steps", "4", "--run_name", "wg", "--weights_every", "2",
+                         "--save_strategy", "steps", "--save_steps", "2", "--save_total_limit", "3",
+                         "--eval_heldout", "false", "--learning_rate", "1e-4")
+    run = Path(summary["run_dir"])
+    r = RunReader(run)
+    steps, angles = r.series("rlscope/weights/angle_left_mean")
+    assert steps == [2, 4] and all(a > 0 for a in angles)
+    assert r.series("rlscope/weights/kind/down/dw_rank1_energy")[0] == [2, 4]
+    assert r.series("rlscope/weights/layer/3/angle_right_mean")[0] == [2, 4]
+    per = r.records("weights")
+    assert len(per) == 2 * 28 and {p["matrix"].split(".")[-2] for p in per} == {
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert (run / "weights" / "w0" / "index.json").exists()
+    p = _cli("weights", str(tiny_sft_path), str(run / "checkpoints" / "checkpoint-2"),
+             str(run / "checkpoints" / "checkpoint-4"), "--json")
+    assert p.returncode == 0, p.stderr[-3000:]
+    offline = json.loads(p.stdout.strip().splitlines()[-1])
+    for step, row in zip((2, 4), offline):
+        for key in ("angle_left_mean", "angle_right_max", "sv_rel_change_mean", "dw_rank1_energy", "dw_stable_rank",
+                    "dw_sigma1", "dw_rel_norm"):
+            live = r.series(f"rlscope/weights/{key}")[1][steps.index(step)]
+            assert row[key] == pytest.approx(live, rel=1e-6, abs=1e-9), (step, key)
+    live_cos = r.series("rlscope/weights/dw_dir_cos_left")[1]
+    assert math.isnan(offline[0]["dw_dir_cos_left"]) and offline[1]["dw_dir_cos_left"] == pytest.approx(live_cos[1])
+
+    # AlphaRL's rank-1 recovery, on the same run
+    p = _cli("weights", "rank1", str(tiny_sft_path), str(run / "models" / "final"), "--task", "chainsum",
+             "--samples", "2", "--json")
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    assert set(res) >= {"base", "final", "selected", "rank1", "share_greedy", "share_sampled"}
+    assert res["matrices"] == 28 and 0 <= res["rank1"]["greedy"] <= 1
+
+
+def test_plain_trainer_example_and_resume_keeps_w0(tmp_path, tiny_path):
+    from rlscope.store import RunReader
+
+    out = tmp_path / "plain"
+    cmd = [sys.executable, str(ROOT / "callbacks" / "weights_plain_trainer.py"), "--output_dir", str(out),
+           "--model", str(tiny_path), "--max_steps", "4", "--every", "2"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert RunReader(out).series("rlscope/weights/angle_left_mean")[0] == [2, 4]
+
+
+def test_resumed_run_keeps_its_stored_w0(tmp_path, tiny_path):
+    """A resumed run finds W_0 in its run directory and uses it instead of snapshotting the (already trained) model."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM
+
+    from rlscope.callbacks import WeightsCallback
+    from rlscope.probes.weights import select_matrices
+    from rlscope.weight_geometry import Snapshot
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_path)
+    names = select_matrices([n for n, _ in model.named_parameters()])
+    params = dict(model.named_parameters())
+    stored = {n: torch.zeros_like(params[n]) + 0.5 for n in names}  # stands in for the pre-training weights
+    Snapshot.take(stored.items(), tmp_path / "w0")
+    cb = WeightsCallback(every=1, snapshot_dir=tmp_path / "w0")
+    state = SimpleNamespace(is_world_process_zero=True, global_step=7)
+    cb.on_train_begin(None, state, None, model=model)
+    assert torch.equal(cb.tracker.snapshot[names[0]], stored[names[0]])
+    cb.on_step_end(None, state, None, model=model)
+    assert cb.last["rlscope/weights/dw_rel_norm"] > 0  # measured against the stored reference, not the model itself

@@ -165,6 +165,93 @@ def bench_passk(prompts: int = 64, n: int = 16, repeats: int = 3) -> dict:
             f"pass@{n}": round(result.at(n), 4)}
 
 
+def _decaying_matrix(n: int, seed: int = 0):
+    import math
+
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    q1, _ = torch.linalg.qr(torch.randn(n, 64, generator=g))
+    q2, _ = torch.linalg.qr(torch.randn(n, 64, generator=g))
+    spectrum = 10.0 * torch.pow(torch.arange(1, 65, dtype=torch.float32), -1.0)
+    return (q1 * spectrum) @ q2.T + 0.01 * torch.randn(n, n, generator=g) / math.sqrt(n)
+
+
+def bench_weights(n: int = 4096, k: int = 16, layers: int = 28, hidden: int = 1536, intermediate: int = 8960,
+                  kv_dim: int = 256) -> dict:
+    """(a) randomized vs exact top-k SVD of an n x n matrix with a decaying spectrum: seconds, speed ratio and the
+    largest principal-angle error; (b) one full probe over a Qwen2.5-1.5B-shaped model (28 layers, hidden 1536,
+    intermediate 8960, GQA k/v 256 x 1536; bf16 random weights plus a small random update): seconds of the W_0
+    reference SVDs (once per run), seconds of the probe, peak resident memory."""
+    import resource
+
+    import torch
+
+    from rlscope.probes.weights import aggregate, principal_angles, top_svd
+    from rlscope.weight_geometry import GeometryTracker, Snapshot
+
+    import math
+    import statistics
+
+    from rlscope.probes.weights import matrix_geometry
+
+    w = _decaying_matrix(n)
+    top_svd(w, k, exact_below=1024)  # warm-up (first-call allocations)
+    runs = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        approx = top_svd(w, k, exact_below=1024)
+        runs.append(time.perf_counter() - t0)
+    t_rand = statistics.median(runs)
+    t0 = time.perf_counter()
+    U, S, Vh = torch.linalg.svd(w, full_matrices=False)
+    t_exact = time.perf_counter() - t0
+    err = max(float(principal_angles(U[:, :k], approx.U).max()), float(principal_angles(Vh[:k].T, approx.V).max()))
+    del U, S, Vh
+    # what the probe reports: W_0-vs-W_t angles, randomized vs exact, for a small update of w
+    g = torch.Generator().manual_seed(2)
+    wt = w + 0.02 * torch.randn(n, 1, generator=g) @ torch.randn(1, n, generator=g) / n \
+        + 0.002 * torch.randn(n, n, generator=g) / math.sqrt(n)
+    fast, _ = matrix_geometry(w, wt, k=k, exact_below=1024)
+    exact, _ = matrix_geometry(w, wt, k=k, exact_below=n)
+    probe_err = max(abs(fast[key] - exact[key]) for key in ("angle_left_mean", "angle_left_max", "angle_right_mean",
+                                                             "angle_right_max"))
+    del w, wt
+
+    g = torch.Generator().manual_seed(1)
+    shapes = {"q_proj": (hidden, hidden), "k_proj": (kv_dim, hidden), "v_proj": (kv_dim, hidden),
+              "o_proj": (hidden, hidden), "gate_proj": (intermediate, hidden), "up_proj": (intermediate, hidden),
+              "down_proj": (hidden, intermediate)}
+    snap, wt = Snapshot(), {}
+    for layer in range(layers):
+        for kind, shape in shapes.items():
+            part = "self_attn" if kind in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
+            name = f"model.layers.{layer}.{part}.{kind}.weight"
+            w0 = (torch.randn(*shape, generator=g) * 0.02).to(torch.bfloat16)
+            snap.mem[name] = w0
+            snap.names.append(name)
+            wt[name] = (w0.float() + 1e-4 * torch.randn(*shape, generator=g)).to(torch.bfloat16)
+    params = sum(t.numel() for t in wt.values())
+    tracker = GeometryTracker(snap, k=k)
+    t0 = time.perf_counter()
+    for name in snap.names:
+        tracker.svd0[name] = top_svd(snap[name], k)
+    t_ref = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    per = {name: tracker.probe_one(name, wt[name]) for name in snap.names}
+    agg = aggregate(per)
+    t_probe = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB
+    return {"bench": "weights", "svd_n": n, "k": k, "randomized_seconds": round(t_rand, 4),
+            "exact_seconds": round(t_exact, 3), "speed_ratio": round(t_exact / t_rand, 1),
+            "subspace_error_rad": float(f"{err:.3g}"), "probe_angle_error_rad": float(f"{probe_err:.3g}"),
+            "probe_angle_exact_mean_rad": float(f"{exact['angle_left_mean']:.4g}"),
+            "model": f"{layers} layers, hidden {hidden}, intermediate {intermediate}", "matrices": len(per),
+            "matrix_params": params, "reference_svd_seconds": round(t_ref, 2), "probe_seconds": round(t_probe, 2),
+            "peak_rss_gib": round(peak, 2), "angle_left_mean": agg["angle_left_mean"],
+            "dw_rank1_energy": agg["dw_rank1_energy"], "threads": torch.get_num_threads()}
+
+
 def print_result(result: dict, as_json: bool) -> None:
     if not as_json:
         for k, v in result.items():

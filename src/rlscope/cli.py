@@ -71,6 +71,38 @@ def cmd_passk(ns) -> int:
     return 0
 
 
+def cmd_weights(ns) -> int:
+    from rlscope import weight_geometry as wg
+
+    if ns.paths and ns.paths[0] == "rank1":
+        if len(ns.paths) != 3 or not ns.task:
+            raise SystemExit("usage: rlscope weights rank1 BASE FINAL --task NAME")
+        from rlscope.tasks import get_task
+
+        res = wg.rank1_recovery(ns.paths[1], ns.paths[2], get_task(ns.task, **json.loads(ns.task_config)),
+                                n_samples=ns.samples, seed=ns.seed)
+        if not ns.json:
+            for name in ("base", "final", "selected", "rank1"):
+                r = res[name]
+                print(f"{name:>9}: greedy pass@1 {r['greedy']:.4f}   sampled pass@1 {r['sampled']:.4f}")
+            print(f"rank-1 share of the RL gain: greedy {res['share_greedy']:.3f}, sampled {res['share_sampled']:.3f}")
+        print(json.dumps(res))
+        return 0
+    if len(ns.paths) < 2:
+        raise SystemExit("usage: rlscope weights BASE CKPT [CKPT ...]  |  rlscope weights rank1 BASE FINAL --task NAME")
+    rows = wg.offline_geometry(ns.paths[0], ns.paths[1:], k=ns.k)
+    out = []
+    for row in rows:
+        agg = {k: v for k, v in row["aggregate"].items() if "/" not in k}
+        out.append({"checkpoint": row["checkpoint"], **agg})
+        if not ns.json:
+            print(f"{row['checkpoint']}: angle_left_mean {agg['angle_left_mean']:.5f}  angle_right_mean "
+                  f"{agg['angle_right_mean']:.5f}  sv_rel_change_mean {agg['sv_rel_change_mean']:.2e}  "
+                  f"dw_rank1_energy {agg['dw_rank1_energy']:.4f}  dw_dir_cos_left {agg['dw_dir_cos_left']:.4f}")
+    print(json.dumps(out))
+    return 0
+
+
 def cmd_bench(ns) -> int:
     from rlscope import bench
 
@@ -78,6 +110,8 @@ def cmd_bench(ns) -> int:
         result = bench.bench_step(steps=ns.steps, warmup=ns.warmup, recipe=ns.recipe)
     elif ns.what == "passk":
         result = bench.bench_passk(prompts=ns.prompts, n=ns.n, repeats=ns.repeats)
+    elif ns.what == "weights":
+        result = bench.bench_weights(n=ns.svd_n, layers=ns.layers)
     elif ns.what == "overhead":
         result = bench.bench_overhead(steps=ns.steps, warmup=ns.warmup, repeats=ns.repeats, recipe=ns.recipe)
     else:  # argparse restricts the choices
@@ -115,8 +149,20 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--json", action="store_true", help="print only the JSON line")
     k.set_defaults(func=cmd_passk)
 
+    w = sub.add_parser("weights", help="weight-update geometry of checkpoints against a base (same code as live): "
+                                       "BASE CKPT [CKPT ...]; or rank1 BASE FINAL --task NAME (AlphaRL's rank-1 "
+                                       "recovery of the RL gain)")
+    w.add_argument("paths", nargs="+")
+    w.add_argument("--k", type=int, default=16, help="top-k singular subspaces")
+    w.add_argument("--task", default=None, help="rank1: the task whose held-out split is evaluated")
+    w.add_argument("--task-config", default="{}", help="rank1: JSON task options")
+    w.add_argument("--samples", type=int, default=8, help="rank1: samples per prompt for sampled pass@1")
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--json", action="store_true", help="print only the JSON line")
+    w.set_defaults(func=cmd_weights)
+
     b = sub.add_parser("bench", help="benchmarks; the last output line is JSON")
-    b.add_argument("what", choices=["step", "overhead", "passk"])
+    b.add_argument("what", choices=["step", "overhead", "passk", "weights"])
     b.add_argument("--json", action="store_true", help="print only the JSON line")
     b.add_argument("--steps", type=int, default=20)
     b.add_argument("--warmup", type=int, default=2)
@@ -124,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--recipe", default="tiny_dapo")
     b.add_argument("--prompts", type=int, default=64, help="passk: held-out prompts")
     b.add_argument("-n", type=int, default=16, help="passk: samples per prompt")
+    b.add_argument("--svd-n", type=int, default=4096, help="weights: size of the square matrix for (a)")
+    b.add_argument("--layers", type=int, default=28, help="weights: layers of the Qwen2.5-1.5B-shaped model for (b)")
     b.set_defaults(func=cmd_bench)
     return p
 

@@ -51,6 +51,10 @@ class RunArguments:
     passk_top_p: float = field(default=1.0, metadata={"help": "pass@k nucleus sampling top_p."})
     passk_max_prompts: int | None = field(default=None, metadata={
         "help": "pass@k on the first N held-out prompts (default: all)."})
+    weights_every: int = field(default=0, metadata={
+        "help": "Weight-update geometry (singular-subspace angles, singular-value change, rank-1 energy of W_t - W_0) "
+                "every N optimizer steps and at the end (0 = off)."})
+    weights_k: int = field(default=16, metadata={"help": "Weight geometry: top-k singular subspaces compared."})
     observatory_dump_every: int = field(default=0, metadata={
         "help": "Save each rank's per-token tensors every N steps under runs/<name>/tokens/ for offline "
                 "recomputation (0 = never)."})

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-STREAMS = ("metrics", "rollouts", "evals", "passk")
+STREAMS = ("metrics", "rollouts", "evals", "passk", "weights")
 
 
 def _clean(value: Any) -> Any:
@@ -116,10 +116,14 @@ class RunWriter:
         """One pass@k evaluation: ``kind`` "base" (before the first update, the reference) or "current"."""
         self._append("passk", [{"step": int(step), "kind": kind, **record}])
 
+    def log_weights(self, step: int, per_matrix: dict[str, dict[str, float]]) -> None:
+        """Per-matrix weight-geometry statistics of one probe."""
+        self._append("weights", [{"step": int(step), "matrix": name, **stats} for name, stats in per_matrix.items()])
+
     def truncate_after(self, step: int) -> None:
         """Drop stream records of steps > ``step`` (a resume from ``step`` will write them again)."""
         self.close()
-        for stream in ("metrics", "rollouts", "passk"):
+        for stream in ("metrics", "rollouts", "passk", "weights"):
             path = self.dir / f"{stream}.jsonl"
             if not path.exists():
                 continue

@@ -155,6 +155,13 @@ def run(run_args: RunArguments, cfg, model_args, quiet: bool = False, callbacks:
                                        seed=cfg.seed, max_prompts=run_args.passk_max_prompts,
                                        writer=writer if main else None, step_offset=offset)
         trainer.add_callback(attached.passk)
+    if run_args.weights_every > 0:
+        from rlscope.callbacks import WeightsCallback
+
+        attached.weights = WeightsCallback(every=run_args.weights_every, k=run_args.weights_k,
+                                           snapshot_dir=run_dir / "weights" / "w0", writer=writer if main else None,
+                                           step_offset=offset)
+        trainer.add_callback(attached.weights)
     if main:
         plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
         first = next(trainer.model.parameters())
@@ -198,6 +205,10 @@ def run(run_args: RunArguments, cfg, model_args, quiet: bool = False, callbacks:
                             "base_pass@1": pk.base.at(1), f"base_pass@{pk.n}": pk.base.at(pk.n),
                             "final_pass@1": final.at(1), f"final_pass@{pk.n}": final.at(pk.n),
                             "crossover_k": crossover_k(pk.base.curve, final.curve)}
+    wc = attached.weights
+    if main and wc is not None and wc.last:
+        summary["weights_final"] = {k.split("/", 2)[-1]: v for k, v in wc.last.items()
+                                    if "/kind/" not in k and "/layer/" not in k}
     summary.update({"rl_steps": steps, "rl_seconds": rl_seconds, "rl_steps_per_second": steps / max(rl_seconds, 1e-9),
                     "wall_seconds": time.time() - t0, "phases": phases})
     if main:

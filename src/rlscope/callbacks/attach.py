@@ -11,11 +11,12 @@ class Attachment:
 
     observatory: object | None = None
     passk: object | None = None
+    weights: object | None = None
     writer: object | None = None
 
 
-def attach(trainer, run_dir=None, observatory: bool | None = None, passk: dict | None = None, step_offset: int = 0,
-           **observatory_kwargs) -> Attachment:
+def attach(trainer, run_dir=None, observatory: bool | None = None, passk: dict | None = None,
+           weights: dict | bool | None = None, step_offset: int = 0, **observatory_kwargs) -> Attachment:
     """Attach rlscope to ``trainer`` (a ``transformers.Trainer``, e.g. TRL's GRPOTrainer or SFTTrainer).
 
     * ``observatory`` (default: on for ``trl.GRPOTrainer`` and subclasses): token probes every step, see
@@ -23,6 +24,8 @@ def attach(trainer, run_dir=None, observatory: bool | None = None, passk: dict |
       the trainer's callbacks so that W&B and the run store see its metrics.
     * ``passk``: options of :class:`~rlscope.callbacks.passk.PassKCallback`, e.g. ``{"task": "chainsum", "n": 16,
       "every": 50}``; the base model's curve is measured before the first update.
+    * ``weights``: ``True`` or options of :class:`~rlscope.callbacks.weights.WeightsCallback`, e.g. ``{"every": 50,
+      "k": 16}``: weight-update geometry against W_0 (snapshotted before the first update, under ``run_dir``/weights/w0).
     * ``run_dir``: write every trainer log (TRL's metrics and rlscope's) and the pass@k curves to an rlscope run store.
     """
     from trl import GRPOTrainer
@@ -56,4 +59,14 @@ def attach(trainer, run_dir=None, observatory: bool | None = None, passk: dict |
 
         out.passk = PassKCallback(writer=out.writer, step_offset=step_offset, **passk)
         trainer.add_callback(out.passk)
+    if weights:
+        from pathlib import Path
+
+        from rlscope.callbacks.weights import WeightsCallback
+
+        opts = dict(weights) if isinstance(weights, dict) else {}
+        if run_dir is not None:
+            opts.setdefault("snapshot_dir", Path(run_dir) / "weights" / "w0")
+        out.weights = WeightsCallback(writer=out.writer, step_offset=step_offset, **opts)
+        trainer.add_callback(out.weights)
     return out

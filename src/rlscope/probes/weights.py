@@ -62,14 +62,21 @@ def layer_of(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def top_svd(w: torch.Tensor, k: int, exact_below: int = 1024, oversample: int = 16, niter: int = 6,
+def top_svd(w: torch.Tensor, k: int, exact_below: int = 1024, oversample: int = 16, niter: int = 3,
             seed: int = 0) -> TopSVD:
-    """Top-``k`` SVD of ``w``: exact when min(m, n) <= ``exact_below``, else randomized (seeded)."""
-    w = w.detach().to(torch.float32)
+    """Top-``k`` SVD of ``w``: exact when min(m, n) <= ``exact_below``, else randomized (seeded).
+
+    The randomized path always starts from the same seeded Gaussian test matrix ("common random numbers"): W_0 and
+    W_t, which differ little, then carry nearly the same approximation error, which cancels in the principal angles
+    between their subspaces. Measured on a 4096 x 4096 matrix with a 1/i spectrum: each top-16 subspace is within
+    ~1e-2 rad of the exact one after 3 power iterations, the W_0-vs-W_t angles within ~3e-5 rad of their exact values
+    (``rlscope bench weights`` prints both).
+    """
     k = min(k, *w.shape)
-    if min(w.shape) <= exact_below:
-        U, S, Vh = torch.linalg.svd(w, full_matrices=False)
+    if min(w.shape) <= exact_below:  # small: exact, in float64 (reproducible across thread counts to ~1e-12)
+        U, S, Vh = torch.linalg.svd(w.detach().to(torch.float64), full_matrices=False)
         return TopSVD(U[:, :k], S[:k], Vh[:k].T)
+    w = w.detach().to(torch.float32)
     devices = [w.device] if w.is_cuda else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
@@ -111,8 +118,8 @@ def matrix_geometry(w0: torch.Tensor, wt: torch.Tensor, k: int = 16, svd0: TopSV
     out["sv_rel_change_mean"] = float(rel.abs().mean())
     out["sv_rel_change_max"] = float(rel.abs().max())
     dw = wt - w0
-    fro2 = float(dw.double().pow(2).sum())
-    out["dw_rel_norm"] = math.sqrt(fro2) / max(float(w0.double().norm()), 1e-30)
+    fro2 = float(torch.linalg.vector_norm(dw)) ** 2  # float32 with torch's cascaded summation: rel. error ~1e-6
+    out["dw_rel_norm"] = math.sqrt(fro2) / max(float(torch.linalg.vector_norm(w0)), 1e-30)
     svd_dw = top_svd(dw, max(n_dw_sv, 1), exact_below)
     for i, s in enumerate(svd_dw.S.tolist()[:n_dw_sv], start=1):
         out[f"dw_sigma{i}"] = s

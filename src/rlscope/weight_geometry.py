@@ -1,0 +1,221 @@
+"""Weight geometry plumbing: the W_0 snapshot, parameter gathering (DDP / ZeRO-3), offline checkpoints, rank-1 models.
+
+The statistics themselves are :func:`rlscope.probes.weights.matrix_geometry`; this module feeds it the same tensors
+live (from a training model) and offline (from saved checkpoints), so both give the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from rlscope.probes.weights import DEFAULT_PATTERNS, TopSVD, aggregate, matrix_geometry, select_matrices, top_svd
+
+
+def _safe_name(name: str) -> str:
+    return name.replace("/", "_")
+
+
+def physical_memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 16 * 2 ** 30
+
+
+class Snapshot:
+    """W_0 of the selected matrices: in CPU memory, or -- when larger than ``max_memory_bytes`` -- one safetensors file
+    per matrix under ``directory``, read back memory-mapped one matrix at a time. Written to ``directory`` either way
+    (when given), so a resumed run reuses its reference instead of taking a new one.
+    """
+
+    INDEX = "index.json"
+
+    def __init__(self, directory: str | Path | None = None):
+        self.dir = Path(directory) if directory is not None else None
+        self.mem: dict[str, torch.Tensor] = {}
+        self.names: list[str] = []
+        self.on_disk = False
+
+    @classmethod
+    def exists(cls, directory) -> bool:
+        return directory is not None and (Path(directory) / cls.INDEX).exists()
+
+    @classmethod
+    def load(cls, directory) -> "Snapshot":
+        snap = cls(directory)
+        index = json.loads((snap.dir / cls.INDEX).read_text())
+        snap.names, snap.on_disk = index["names"], True
+        return snap
+
+    @classmethod
+    def take(cls, pairs, directory=None, max_memory_bytes: int | None = None) -> "Snapshot":
+        """``pairs``: iterable of (name, full tensor on CPU)."""
+        from safetensors.torch import save_file
+
+        snap = cls(directory)
+        budget = physical_memory_bytes() // 4 if max_memory_bytes is None else max_memory_bytes
+        used = 0
+        if snap.dir is not None:
+            snap.dir.mkdir(parents=True, exist_ok=True)
+        for name, tensor in pairs:
+            tensor = tensor.detach().to("cpu").contiguous()
+            snap.names.append(name)
+            if snap.dir is not None:
+                save_file({"w": tensor}, str(snap.dir / f"{_safe_name(name)}.safetensors"))
+            used += tensor.numel() * tensor.element_size()
+            if used <= budget or snap.dir is None:
+                if used > budget:
+                    raise MemoryError(f"W_0 snapshot needs {used / 2**30:.1f} GiB, over the {budget / 2**30:.1f} GiB "
+                                      f"in-memory budget, and no snapshot directory was given to spill to")
+                snap.mem[name] = tensor
+            else:
+                snap.mem.clear()  # over budget: everything is read back from disk instead
+                snap.on_disk = True
+        if snap.dir is not None:
+            (snap.dir / cls.INDEX).write_text(json.dumps({"names": snap.names, "format": 1}))
+        return snap
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name in self.mem:
+            return self.mem[name]
+        if self.dir is None:
+            raise KeyError(f"W_0 snapshot has no matrix {name!r}")
+        from safetensors import safe_open
+
+        with safe_open(str(self.dir / f"{_safe_name(name)}.safetensors"), framework="pt") as f:
+            return f.get_tensor("w")
+
+
+def is_zero3_param(p) -> bool:
+    return hasattr(p, "ds_id")
+
+
+def full_parameters(model, names: list[str], materialize: bool = True) -> Iterator[tuple[str, torch.Tensor | None]]:
+    """(name, full tensor on CPU) for each name. Under DeepSpeed ZeRO-3 each parameter is gathered on its own
+    (``GatheredParameters``, a collective: call on every rank); ``materialize=False`` takes part in the gathers
+    without copying (non-main ranks) and yields None."""
+    params = dict(model.named_parameters())
+    for name in names:
+        p = params[name]
+        if is_zero3_param(p):
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+                full = p.data.detach().to("cpu", copy=True) if materialize else None
+        else:
+            full = p.detach().to("cpu", copy=True) if materialize else None
+        yield name, full
+
+
+class GeometryTracker:
+    """Per-matrix state across probes: W_0's top-k SVD (computed once) and dW's previous top singular vectors."""
+
+    def __init__(self, snapshot: Snapshot, k: int = 16, n_dw_sv: int = 4, exact_below: int = 1024):
+        self.snapshot, self.k, self.n_dw_sv, self.exact_below = snapshot, k, n_dw_sv, exact_below
+        self.svd0: dict[str, TopSVD] = {}
+        self.prev: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def probe_one(self, name: str, wt: torch.Tensor) -> dict[str, float]:
+        w0 = self.snapshot[name]
+        if name not in self.svd0:
+            self.svd0[name] = top_svd(w0, self.k, self.exact_below)
+        stats, direction = matrix_geometry(w0, wt, self.k, svd0=self.svd0[name], prev_dir=self.prev.get(name),
+                                           n_dw_sv=self.n_dw_sv, exact_below=self.exact_below)
+        self.prev[name] = direction
+        return stats
+
+
+def load_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """A saved model's parameters by name (safetensors files of a ``save_pretrained`` directory)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
+    if not files:
+        raise FileNotFoundError(f"no safetensors weights in {path}")
+    out: dict[str, torch.Tensor] = {}
+    for f in files:
+        out.update(load_file(str(f)))
+    return out
+
+
+def offline_geometry(base: str | Path, checkpoints: list[str | Path], patterns=DEFAULT_PATTERNS, k: int = 16,
+                     n_dw_sv: int = 4, exact_below: int = 1024) -> list[dict]:
+    """The live probe's numbers for saved checkpoints, in order (the direction cosine chains from one to the next)."""
+    w0 = load_state(base)
+    names = select_matrices(list(w0), patterns)
+    if not names:
+        raise ValueError(f"no matrix of {base} matches {list(patterns)}; it has e.g. {list(w0)[:5]}")
+    snap = Snapshot()
+    snap.mem, snap.names = {n: w0[n] for n in names}, names
+    tracker = GeometryTracker(snap, k, n_dw_sv, exact_below)
+    out = []
+    for ckpt in checkpoints:
+        wt = load_state(ckpt)
+        missing = [n for n in names if n not in wt]
+        if missing:
+            raise KeyError(f"checkpoint {ckpt} lacks {missing[:3]}{'...' if len(missing) > 3 else ''}")
+        per = {n: tracker.probe_one(n, wt[n]) for n in names}
+        out.append({"checkpoint": str(ckpt), "aggregate": aggregate(per), "per_matrix": per})
+    return out
+
+
+def rank1_state(w0: dict[str, torch.Tensor], wf: dict[str, torch.Tensor], names: list[str],
+                exact_below: int = 1024) -> dict[str, torch.Tensor]:
+    """W_0 + ||dW||_F u_1 v_1^T for each named matrix: dW's rank-1 part rescaled to the full update's norm (AlphaRL,
+    Cai et al. 2025); every other parameter stays at W_0."""
+    out = {}
+    for n in names:
+        a, b = w0[n].to(torch.float32), wf[n].to(torch.float32)
+        dw = b - a
+        fro = float(dw.norm())
+        if fro == 0:
+            out[n] = w0[n].clone()
+            continue
+        svd = top_svd(dw, 1, exact_below)
+        out[n] = (a + fro * torch.outer(svd.U[:, 0], svd.V[:, 0])).to(w0[n].dtype)
+    return out
+
+
+def rank1_recovery(base: str | Path, final: str | Path, task, patterns=DEFAULT_PATTERNS, n_samples: int = 8,
+                   seed: int = 0, exact_below: int = 1024) -> dict:
+    """AlphaRL's experiment (Cai et al. 2025): evaluate W_0 + rank-1(dW) on the task's held-out split.
+
+    Four models, greedy and sampled pass@1 each: ``base``, ``final``, ``selected`` (W_0 with the full update on the
+    selected matrices only -- the ceiling of any approximation of those matrices) and ``rank1``. ``share`` = (rank1 -
+    base) / (final - base), the share of the RL gain the rank-1 update keeps (NaN when there is no gain to keep).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlscope.evaluate import evaluate_task
+
+    w0, wf = load_state(base), load_state(final)
+    names = select_matrices(list(w0), patterns)
+    if not names:
+        raise ValueError(f"no matrix of {base} matches {list(patterns)}")
+    tok_dir = final if (Path(final) / "tokenizer_config.json").exists() else base
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+
+    def evaluate(path, overrides=None) -> dict:
+        model = AutoModelForCausalLM.from_pretrained(str(path))
+        if overrides:
+            params = dict(model.named_parameters())
+            with torch.no_grad():
+                for n, t in overrides.items():
+                    params[n].copy_(t.to(params[n].dtype))
+        res = evaluate_task(model, tok, task, n_samples=n_samples, seed=seed)
+        return {"greedy": res.accuracy, "sampled": res.sampled_accuracy}
+
+    out = {"base": evaluate(base), "final": evaluate(final),
+           "selected": evaluate(base, {n: wf[n] for n in names}),
+           "rank1": evaluate(base, rank1_state(w0, wf, names, exact_below))}
+    for mode in ("greedy", "sampled"):
+        gain = (out["final"][mode] or 0) - (out["base"][mode] or 0)
+        out[f"share_{mode}"] = ((out["rank1"][mode] - out["base"][mode]) / gain) if gain > 0 else float("nan")
+    out["matrices"] = len(names)
+    return out
