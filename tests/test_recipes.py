@@ -35,5 +35,5 @@ def test_command_line_overrides_the_recipe():
 
 
 def test_unknown_schedule_is_an_error():
-    with pytest.raises(ValueError, match="unknown schedule 'sft_then_r'"):
-        parse_recipe(["--config", str(RECIPES / "tiny_dapo.yaml"), "--schedule", "sft_then_r"])
+    with pytest.raises(ValueError, match="unknown schedule .warm_star.*did you mean .warm_start."):
+        parse_recipe(["--config", str(RECIPES / "tiny_dapo.yaml"), "--schedule", "warm_star"])

@@ -107,13 +107,15 @@ def cmd_bench(ns) -> int:
     from rlscope import bench
 
     if ns.what == "step":
-        result = bench.bench_step(steps=ns.steps, warmup=ns.warmup, recipe=ns.recipe)
+        result = bench.bench_step(steps=ns.steps or 20, warmup=ns.warmup, recipe=ns.recipe)
     elif ns.what == "passk":
         result = bench.bench_passk(prompts=ns.prompts, n=ns.n, repeats=ns.repeats)
+    elif ns.what == "schedules":
+        result = bench.bench_schedules(steps=ns.steps or 40)
     elif ns.what == "weights":
         result = bench.bench_weights(n=ns.svd_n, layers=ns.layers)
     elif ns.what == "overhead":
-        result = bench.bench_overhead(steps=ns.steps, warmup=ns.warmup, repeats=ns.repeats, recipe=ns.recipe)
+        result = bench.bench_overhead(steps=ns.steps or 10, warmup=ns.warmup, repeats=ns.repeats, recipe=ns.recipe)
     else:  # argparse restricts the choices
         raise AssertionError(ns.what)
     bench.print_result(result, ns.json)
@@ -162,9 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.set_defaults(func=cmd_weights)
 
     b = sub.add_parser("bench", help="benchmarks; the last output line is JSON")
-    b.add_argument("what", choices=["step", "overhead", "passk", "weights"])
+    b.add_argument("what", choices=["step", "overhead", "passk", "weights", "schedules"])
     b.add_argument("--json", action="store_true", help="print only the JSON line")
-    b.add_argument("--steps", type=int, default=20)
+    b.add_argument("--steps", type=int, default=None, help="optimizer steps (step: 20, overhead: 10, schedules: 40)")
     b.add_argument("--warmup", type=int, default=2)
     b.add_argument("--repeats", type=int, default=3, help="overhead: runs per arm (interleaved)")
     b.add_argument("--recipe", default="tiny_dapo")

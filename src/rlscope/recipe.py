@@ -14,7 +14,13 @@ from trl import ModelConfig, TrlParser
 
 from rlscope.trainers.dapo import DAPOConfig
 
-SCHEDULES = ("rl", "sft_then_rl")
+WARM_START = "warm_start"
+
+
+def schedule_names() -> tuple[str, ...]:
+    from rlscope.trainers.schedules import SCHEDULES as INTERLEAVE
+
+    return ("rl", WARM_START, *INTERLEAVE)
 
 
 @dataclass
@@ -26,8 +32,15 @@ class RunArguments:
         "help": "Task options (a YAML mapping, or JSON on the command line), e.g. {seed: 0, n_heldout: 64}."})
     runs_dir: str = field(default="runs", metadata={"help": "Parent directory of run directories."})
     schedule: str = field(default="rl", metadata={
-        "help": f"SFT-RL schedule: one of {SCHEDULES}. sft_then_rl runs `sft_steps` of SFT before RL."})
-    sft_steps: int = field(default=0, metadata={"help": "SFT warm-start steps (schedule sft_then_rl)."})
+        "help": "SFT-RL schedule: 'rl' (RL only), 'warm_start' (an SFT phase of `sft_steps` with TRL's SFTTrainer, "
+                "then RL from that checkpoint), or an interleaving schedule run inside one trainer: sft_then_rl, "
+                "alternate, heat_on_low_accuracy, relift, hpt_mix, chord_token_weight (see "
+                "rlscope.trainers.schedules; parameters in `schedule_config`)."})
+    schedule_config: dict | str | None = field(default=None, metadata={
+        "help": "Parameters of the interleaving schedule (a YAML mapping, or JSON), e.g. {buffer_size: 8}."})
+    interleave_sft_batch_size: int = field(default=16, metadata={
+        "help": "Demonstrations per SFT (micro-)batch inside the interleaving trainer."})
+    sft_steps: int = field(default=0, metadata={"help": "SFT warm-start steps (schedule warm_start)."})
     sft_learning_rate: float = field(default=1e-3, metadata={"help": "SFT learning rate."})
     sft_batch_size: int = field(default=64, metadata={"help": "SFT batch size per device."})
     eval_heldout: bool = field(default=True, metadata={
@@ -66,12 +79,26 @@ class RunArguments:
             except json.JSONDecodeError as exc:
                 raise ValueError(f"task_config must be a mapping (YAML) or JSON, got {self.task_config!r}") from exc
         self.task_config = dict(self.task_config or {})
-        if self.schedule not in SCHEDULES:
-            close = difflib.get_close_matches(self.schedule, SCHEDULES, n=1)
+        if isinstance(self.schedule_config, str):
+            try:
+                self.schedule_config = json.loads(self.schedule_config) if self.schedule_config.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"schedule_config must be a mapping (YAML) or JSON, got {self.schedule_config!r}") \
+                    from exc
+        self.schedule_config = dict(self.schedule_config or {})
+        names = schedule_names()
+        if self.schedule not in names:
+            close = difflib.get_close_matches(self.schedule, names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"unknown schedule {self.schedule!r}; known: {list(SCHEDULES)}{hint}")
-        if self.schedule == "sft_then_rl" and self.sft_steps <= 0:
-            raise ValueError("schedule sft_then_rl needs sft_steps > 0")
+            raise ValueError(f"unknown schedule {self.schedule!r}; known: {list(names)}{hint}")
+        if self.schedule == WARM_START and self.sft_steps <= 0:
+            raise ValueError("schedule warm_start needs sft_steps > 0")
+        if self.schedule in ("rl", WARM_START) and self.schedule_config:
+            raise ValueError(f"schedule_config is for the interleaving schedules, not {self.schedule!r}")
+        if self.schedule not in ("rl", WARM_START):
+            from rlscope.trainers.schedules import get_schedule
+
+            get_schedule(self.schedule, **self.schedule_config)  # unknown parameters are named here
 
 
 DATACLASSES = (RunArguments, DAPOConfig, ModelConfig)

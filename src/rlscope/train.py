@@ -119,7 +119,7 @@ def run(run_args: RunArguments, cfg, model_args, quiet: bool = False, callbacks:
         else:
             model_path = name
     offset, phases = 0, {}
-    if run_args.schedule == "sft_then_rl":
+    if run_args.schedule == "warm_start":
         sft_dir = run_dir / "models" / "sft"
         model_path = str(run_sft(model_path, task, sft_dir, steps=run_args.sft_steps,
                                  learning_rate=run_args.sft_learning_rate, batch_size=run_args.sft_batch_size,
@@ -137,10 +137,18 @@ def run(run_args: RunArguments, cfg, model_args, quiet: bool = False, callbacks:
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     train_ds = task.dataset("train")
     task.check_columns(train_ds, "train")
-    trainer = DAPOTrainer(model=model_path, reward_funcs=task.reward_funcs(), args=cfg, train_dataset=train_ds,
+    trainer_cls, extra = DAPOTrainer, {}
+    if run_args.schedule not in ("rl", "warm_start"):  # an interleaving schedule: one trainer for SFT and RL steps
+        from rlscope.trainers.interleave import InterleavedTrainer
+        from rlscope.trainers.schedules import get_schedule
+
+        trainer_cls = InterleavedTrainer
+        extra = dict(schedule=get_schedule(run_args.schedule, **run_args.schedule_config), task=task,
+                     sft_batch_size=run_args.interleave_sft_batch_size)
+    trainer = trainer_cls(model=model_path, reward_funcs=task.reward_funcs(), args=cfg, train_dataset=train_ds,
                           processing_class=tokenizer, callbacks=[RunStoreCallback(writer, step_offset=offset), *callbacks],
                           run_store=writer, rollout_log_every=run_args.rollout_log_every,
-                          step_offset=offset)
+                          step_offset=offset, **extra)
     from rlscope.callbacks import attach
 
     attached = attach(trainer, observatory=run_args.observatory, step_offset=offset,
@@ -190,6 +198,10 @@ def run(run_args: RunArguments, cfg, model_args, quiet: bool = False, callbacks:
     rl_seconds = time.time() - t_rl
     steps = trainer.state.global_step
     phases["rl"] = [offset + 1, offset + steps]
+    if hasattr(trainer, "decisions"):  # interleaving: which steps were SFT / mixed (the analysis shades them)
+        summary["schedule"] = {"name": run_args.schedule, "config": run_args.schedule_config,
+                               "sft_steps": [offset + s for s, k in trainer.decisions if k == "sft"],
+                               "mixed_steps": [offset + s for s, k in trainer.decisions if k == "mixed"]}
     final_dir = run_dir / "models" / "final"
     trainer.save_model(str(final_dir))
     if main:

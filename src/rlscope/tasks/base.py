@@ -29,6 +29,13 @@ class Task(ABC):
             return tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
         return row["prompt"]
 
+    def demonstration(self, row: dict) -> str | None:
+        """A reference completion for a training row (the SFT target of interleaving schedules), or None.
+
+        Default: the row's ``completion`` column when it has one (a gold *answer* is not a demonstration)."""
+        value = row.get("completion")
+        return value if isinstance(value, str) and value else None
+
     def reward_funcs(self) -> list[Callable]:
         task = self
 

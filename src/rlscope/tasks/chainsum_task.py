@@ -27,5 +27,12 @@ class ChainSumTask(Task):
             raise ValueError(f"task 'chainsum' has splits {sorted(self._splits)}, not {split!r}")
         return self._splits[split]
 
+    def demonstration(self, row: dict) -> str | None:
+        """The scratchpad solution of the row's chain (deterministic: no slip)."""
+        import random
+
+        terms = [int(t) for t in row["prompt"].rstrip("=").split("+")]
+        return chainsum.demonstration(terms, "scratch", random.Random(0))
+
     def score(self, completion: str, row: dict) -> float:
         return chainsum.reward(completion, row["answer"])

@@ -289,6 +289,7 @@ class DAPOTrainer(GRPOTrainer):
             n_batches += 1
             out = super()._generate_and_score_completions(batch_inputs)
             rewards = self._total_rewards()
+            self._on_generation_batch(batch_inputs, self._last_rewards_per_func)
             if dynamic:
                 keep = group_keep_mask(rewards, self.num_generations)
             else:
@@ -319,9 +320,18 @@ class DAPOTrainer(GRPOTrainer):
             for k, v in stats.items():
                 self._metrics[mode][f"rlscope/dynamic_sampling/{k}"].append(v)
         output = self._assemble(kept_parts, n_local) if dynamic else kept_parts[0][0]
-        self._capture_rollouts(output, [row for p in kept_parts for row in p[2]][:n_local],
-                               [r for p in kept_parts for r in p[3]][:n_local])
+        rows = [row for p in kept_parts for row in p[2]][:n_local]
+        self._capture_rollouts(output, rows, [r for p in kept_parts for r in p[3]][:n_local])
+        self._annotate_rollouts(output, rows)
         return output
+
+    # -- hooks for subclasses (the interleaving trainer) -----------------------------------------------------------
+    def _on_generation_batch(self, inputs: list[dict], rewards_per_func: torch.Tensor) -> None:
+        """Called after every generation batch with this rank's rows and the rewards of all ranks (before dynamic
+        sampling drops any group)."""
+
+    def _annotate_rollouts(self, output: dict, rows: list[dict]) -> None:
+        """Called with the final rollout dict and its rows (aligned) before TRL shuffles and splits it."""
 
     def _assemble(self, parts, n_local: int) -> dict[str, Any]:
         """Concatenate the kept rows of several rollout dicts into one batch of exactly ``n_local`` rows."""
