@@ -22,7 +22,7 @@ def run_recipe(tmp_path, recipe="tiny_dapo.yaml", *overrides, fast=True):
     return run(*parse_recipe(argv), quiet=True)
 
 
-def launch(tmp_path, accelerate_config, *overrides, timeout=900):
+def launch(tmp_path, accelerate_config, *overrides, timeout=900, recipe="tiny_dapo.yaml"):
     """Run a recipe under ``accelerate launch`` in fresh processes; returns the CompletedProcess.
 
     DeepSpeed on CPU: accelerate starts DeepSpeed's process group only with use_cpu off and a named backend.
@@ -32,7 +32,7 @@ def launch(tmp_path, accelerate_config, *overrides, timeout=900):
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            str(RECIPES / "accelerate" / accelerate_config), "--main_process_port", str(_free_port()),
-           "-m", "rlscope.train", "--config", str(RECIPES / "tiny_dapo.yaml"), "--runs_dir", str(tmp_path),
+           "-m", "rlscope.train", "--config", str(RECIPES / recipe), "--runs_dir", str(tmp_path),
            *FAST, *overrides]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:

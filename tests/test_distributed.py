@@ -56,3 +56,17 @@ def test_deepspeed_zero_runs_the_tiny_recipe(tmp_path, tiny_sft_path, config):
     for key in ("angle_left_mean", "angle_right_max", "sv_rel_change_mean", "dw_rank1_energy", "dw_sigma1"):
         # float32 SVDs in processes with different thread counts round differently: equal to ~1e-7 absolute
         assert row["aggregate"][key] == pytest.approx(r.series(f"rlscope/weights/{key}")[1][-1], rel=1e-4, abs=1e-6), key
+
+
+@pytest.mark.slow
+def test_interleaving_schedule_under_two_process_ddp(tmp_path, tiny_sft_path):
+    """ReLIFT's buffer decision uses counts every rank computes from the gathered rewards: both ranks take the SFT
+    step together (a rank deciding alone would hang the DDP all-reduce)."""
+    launch(tmp_path, "ddp2.yaml", "--max_steps", "4", "--run_name", "relift", "--schedule_config",
+           '{"buffer_size": 1}', "--interleave_sft_batch_size", "4", recipe="tiny_interleave_relift.yaml")
+    m = meta(tmp_path / "relift")
+    assert m["world_size"] == 2 and m["status"] == "finished"
+    r = RunReader(tmp_path / "relift")
+    steps, kinds = r.series("rlscope/schedule/kind")
+    assert steps == [1, 2, 3, 4] and 1.0 in kinds
+    assert m["summary"]["schedule"]["sft_steps"] == [s for s, k in zip(steps, kinds) if k == 1.0]

@@ -17,7 +17,8 @@ def kinds(schedule, signals):
 def test_sft_then_rl_by_steps_and_by_accuracy():
     assert kinds(get_schedule("sft_then_rl", sft_steps=3), [Signals(step=i) for i in range(1, 7)]) == \
         ["sft"] * 3 + ["rl"] * 3
-    s = get_schedule("sft_then_rl", sft_steps=100, until_accuracy=0.5)
+    s = get_schedule("sft_then_rl", sft_steps=100, until_accuracy=0.5, check_every=2)
+    assert [s.wants_heldout(i) for i in range(1, 6)] == [False, False, True, False, True]
     seq = [Signals(step=1, heldout_accuracy=0.1), Signals(step=2, heldout_accuracy=0.6), Signals(step=3,
                                                                                                heldout_accuracy=0.2)]
     assert kinds(s, seq) == ["sft", "rl", "rl"]  # once switched, stays RL
@@ -134,3 +135,16 @@ def test_schedule_recipe_runs_with_probes(tmp_path, tiny_sft_path, name):
         assert w[0] == pytest.approx(0.5) and w[-1] < w[0]
     if name == "relift":
         assert "rlscope/schedule/buffer_size" in r.metric_names()
+
+
+def test_sft_then_rl_until_accuracy_measures_heldout_in_the_trainer(tmp_path, tiny_sft_path):
+    """The trainer evaluates held-out accuracy every check_every SFT steps; a reachable target switches to RL."""
+    from helpers import run_recipe
+    from rlscope.store import RunReader
+
+    summary = run_recipe(tmp_path, "tiny_interleave_sft_then_rl.yaml", "--max_steps", "4", "--run_name", "until",
+                         "--schedule_config", '{"sft_steps": 100, "until_accuracy": 0.0, "check_every": 2}',
+                         "--eval_heldout", "false", "--interleave_sft_batch_size", "4")
+    r = RunReader(summary["run_dir"])
+    assert r.series("rlscope/schedule/kind")[1] == [1.0, 1.0, 0.0, 0.0]  # measured before step 3: 0.0 reached
+    assert r.series("rlscope/schedule/heldout_accuracy")[0] == [3]

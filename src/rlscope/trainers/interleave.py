@@ -91,11 +91,26 @@ class InterleavedTrainer(DAPOTrainer):
         output["rlscope_pass_rate"] = torch.tensor([self._pass_rate.get(_prompt_key(r), 1.0) for r in rows],
                                                    device=device)
 
+    def _heldout_accuracy(self) -> float | None:
+        """Greedy held-out accuracy, computed on every rank (deterministic, identical parameters under DDP: no
+        collective needed); skipped under ZeRO-3, where parameters are sharded."""
+        from rlscope.evaluate import evaluate_task
+
+        if any(hasattr(p, "ds_id") for p in self.model.parameters()):
+            return None
+        model = self.accelerator.unwrap_model(self.model)
+        tok = self.processing_class if hasattr(self.processing_class, "batch_decode") else self.processing_class.tokenizer
+        acc = evaluate_task(model, tok, self.task).accuracy
+        self._metrics["train"]["rlscope/schedule/heldout_accuracy"].append(acc)
+        return acc
+
     def _signals(self, step: int) -> Signals:
         entropy = self._metrics["train"].get("entropy")
+        wants = getattr(self.schedule, "wants_heldout", None)
         return Signals(step=step, rolling_accuracy=sum(self._acc) / len(self._acc) if self._acc else None,
                        rolling_reward=sum(self._reward) / len(self._reward) if self._reward else None,
-                       entropy=entropy[-1] if entropy else None)
+                       entropy=entropy[-1] if entropy else None,
+                       heldout_accuracy=self._heldout_accuracy() if wants is not None and wants(step) else None)
 
     def _decide(self) -> Decision:
         step = self.state.global_step + 1

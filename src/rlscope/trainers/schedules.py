@@ -70,11 +70,15 @@ class SftThenRL(Schedule):
 
     name = "sft_then_rl"
 
-    def __init__(self, sft_steps: int = 100, until_accuracy: float | None = None):
+    def __init__(self, sft_steps: int = 100, until_accuracy: float | None = None, check_every: int = 10):
         if sft_steps < 0:
             raise ValueError(f"sft_then_rl: sft_steps must be >= 0, got {sft_steps}")
-        self.sft_steps, self.until_accuracy = sft_steps, until_accuracy
+        self.sft_steps, self.until_accuracy, self.check_every = sft_steps, until_accuracy, max(check_every, 1)
         self.switched = False
+
+    def wants_heldout(self, step: int) -> bool:
+        """Whether the trainer should measure held-out accuracy before ``step`` (every ``check_every`` SFT steps)."""
+        return self.until_accuracy is not None and not self.switched and step > 1 and (step - 1) % self.check_every == 0
 
     def decide(self, s: Signals) -> Decision:
         if not self.switched:
