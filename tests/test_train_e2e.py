@@ -55,13 +55,16 @@ def test_wandb_offline_directory_sits_inside_the_run(tmp_path, tiny_sft_path, mo
     monkeypatch.delenv("WANDB_DIR", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     run_recipe(tmp_path, "tiny_dapo.yaml", "--max_steps", "2", "--run_name", "w", "--report_to", "wandb",
-               "--eval_heldout", "false", "--observatory_table_every", "1")
+               "--eval_heldout", "false", "--observatory_table_every", "1", "--passk_n", "2", "--passk_max_prompts", "2",
+               "--weights_every", "1")
     runs = list((tmp_path / "w" / "wandb").glob("offline-run-*"))
     assert runs, "no offline W&B run inside the run directory"
     assert any(p.suffix == ".wandb" for p in runs[0].iterdir())
     # the observatory's rollouts Table reached W&B (media files are written next to the offline run)
-    tables = list(runs[0].rglob("*.table.json"))
-    assert tables, f"no W&B table files under {runs[0]}"
+    tables = [str(p.relative_to(runs[0])) for p in runs[0].rglob("*.table.json")]
+    assert any("rollouts" in t for t in tables), f"no rollouts table under {runs[0]}: {tables}"
+    assert any("passk" in t and "curve_table" in t for t in tables), f"no pass@k curve under {runs[0]}: {tables}"
+    assert any("passk" in t and "/table_" in t for t in tables), f"no pass@k Table under {runs[0]}: {tables}"
     import wandb
 
     if wandb.run is not None:
