@@ -191,3 +191,59 @@ def test_behavior_random_against_loop():
 def test_unknown_probe_names_a_close_one():
     with pytest.raises(KeyError, match="Did you mean 'entropy'"):
         get_probe("entropi")
+
+
+# -- Clip-Cov / KL-Cov losses: the covariance selector in the loss, against loops written after verl -------------
+def _loss_inputs(seed, n=6, t=9):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(n, t, generator=g) > 0.2
+    logps = (-torch.rand(n, t, generator=g, dtype=torch.float64) * 3).requires_grad_(True)
+    old = logps.detach() + 0.3 * torch.randn(n, t, generator=g, dtype=torch.float64)
+    adv = torch.randn(n, 1, generator=g, dtype=torch.float64) * 3
+    return logps, old, adv, mask
+
+
+def _brute_products(logps, adv, mask):
+    idx = [(i, j) for i in range(mask.shape[0]) for j in range(mask.shape[1]) if mask[i, j]]
+    ma = sum(float(adv[i, 0]) for i, _ in idx) / len(idx)
+    ml = sum(float(logps[i, j]) for i, j in idx) / len(idx)
+    return {(i, j): (float(adv[i, 0]) - ma) * (float(logps[i, j]) - ml) for i, j in idx}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_kl_cov_loss_matches_loop(seed):
+    from rlscope.trainers.cov_losses import kl_cov_loss
+
+    logps, old, adv, mask = _loss_inputs(seed)
+    loss, selected = kl_cov_loss(logps, old, adv, mask, ratio=0.1, coef=0.7)
+    prods = _brute_products(logps.detach(), adv, mask)
+    k = max(1, int(len(prods) * 0.1))
+    top = set(sorted(prods, key=prods.get, reverse=True)[:k])
+    assert {tuple(x) for x in selected.nonzero().tolist()} == top
+    for (i, j) in prods:
+        r = math.exp(float(logps[i, j]) - float(old[i, j]))
+        want = -float(adv[i, 0]) * r + (0.7 * abs(float(logps[i, j]) - float(old[i, j])) if (i, j) in top else 0.0)
+        assert float(loss[i, j]) == pytest.approx(want, abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_clip_cov_loss_matches_loop(seed):
+    from rlscope.trainers.cov_losses import clip_cov_loss
+
+    logps, old, adv, mask = _loss_inputs(seed)
+    loss, selected = clip_cov_loss(logps, old, adv, mask, 0.2, 0.28, ratio=0.05, lb=0.05, ub=3.0,
+                                   generator=torch.Generator().manual_seed(seed))
+    prods = _brute_products(logps.detach(), adv, mask)
+    cand = set()
+    for (i, j), c in prods.items():
+        r = math.exp(float(logps[i, j]) - float(old[i, j]))
+        a = float(adv[i, 0])
+        pg1, pg2 = -a * r, -a * min(max(r, 0.8), 1.28)
+        if 0.05 < c < 3.0 and not pg2 > pg1:
+            cand.add((i, j))
+        want = 0.0 if selected[i, j] else max(pg1, pg2)
+        assert float(loss[i, j]) == pytest.approx(want, abs=1e-9)
+    sel = {tuple(x) for x in selected.nonzero().tolist()}
+    assert sel <= cand and len(sel) == min(max(1, int(0.05 * len(prods))), len(cand))
+    (loss * mask).sum().backward()
+    assert torch.all(logps.grad[selected] == 0)  # the selected tokens get no gradient

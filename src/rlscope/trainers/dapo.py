@@ -193,18 +193,9 @@ class DAPOTrainer(GRPOTrainer):
         return (totals[0] / totals[1].clamp(min=1.0)).item()
 
     def _cov_loss(self, model, inputs, kind: str):
-        """Clip-Cov / KL-Cov (Cui et al. 2025, "The Entropy Mechanism of Reinforcement Learning for Reasoning Language
-        Models"), as verl implements them (``compute_policy_loss_clip_cov`` / ``_kl_cov``), normalised like TRL's loss.
-
-        cov_t = (A_t - mean A)(logp_t - mean logp) over this micro-batch's valid tokens (per rank, as in verl), with the
-        selector of :mod:`rlscope.probes.covariance`.
-
-        * ``clip_cov``: PPO clipped loss; among tokens not already clipped with ``clip_cov_lb < cov_t < clip_cov_ub``,
-          ``max(1, int(clip_cov_ratio * n_valid))`` chosen at random get no gradient.
-        * ``kl_cov``: unclipped ratio loss -A * r, plus ``kl_cov_coef * |logp - logp_old|`` on the
-          ``max(1, int(kl_cov_ratio * n_valid))`` tokens with the largest cov_t.
-        """
-        from rlscope.probes.covariance import band_mask, random_subset, token_products, top_mask
+        """Clip-Cov / KL-Cov (:mod:`rlscope.trainers.cov_losses`) on this micro-batch's tokens (per rank, as in
+        verl), aggregated like TRL's loss of ``loss_type``."""
+        from rlscope.trainers.cov_losses import clip_cov_loss, kl_cov_loss
 
         extra = [k for k in ("pixel_values", "image_grid_thw", "token_type_ids", "mm_token_type_ids") if k in inputs]
         if extra:
@@ -219,21 +210,13 @@ class DAPOTrainer(GRPOTrainer):
         adv = adv.unsqueeze(1) if adv.dim() == 1 else adv
         old = inputs.get("old_per_token_logps")
         old = logps.detach() if old is None else old
-        log_ratio = logps - old
-        ratio = torch.exp(log_ratio)
-        products = token_products(logps.detach(), adv.detach(), mask)
-        n_valid = int(mask.sum())
-        pg1 = -adv * ratio
         args = self.args
         if kind == "clip_cov":
-            pg2 = -adv * torch.clamp(ratio, 1 - self.epsilon_low, 1 + self.epsilon_high)
-            clipped = (pg2 > pg1) & mask.bool()
-            candidates = band_mask(products, mask, args.clip_cov_lb, args.clip_cov_ub) & ~clipped
-            selected = random_subset(candidates, max(int(args.clip_cov_ratio * n_valid), 1), self._cov_gen)
-            per_token_loss = torch.maximum(pg1, pg2) * (~selected).to(pg1.dtype)
+            per_token_loss, selected = clip_cov_loss(logps, old, adv, mask, self.epsilon_low, self.epsilon_high,
+                                                     args.clip_cov_ratio, args.clip_cov_lb, args.clip_cov_ub,
+                                                     self._cov_gen)
         else:
-            selected = top_mask(products, mask, args.kl_cov_ratio)
-            per_token_loss = torch.where(selected, pg1 + args.kl_cov_coef * log_ratio.abs(), pg1)
+            per_token_loss, selected = kl_cov_loss(logps, old, adv, mask, args.kl_cov_ratio, args.kl_cov_coef)
         if self.use_vllm and self.vllm_importance_sampling_correction:
             per_token_loss = per_token_loss * inputs["importance_sampling_ratio"]
         if self.beta != 0.0:
@@ -259,6 +242,7 @@ class DAPOTrainer(GRPOTrainer):
         self._metrics[mode]["entropy"].append(self._global_mean(entropies.detach(), fmask))
         self._metrics[mode][f"rlscope/{kind}/selected_share"].append(self._global_mean(selected.float(), fmask))
         if kind == "clip_cov":
+            ratio = torch.exp(logps.detach() - old)
             low = ((ratio < 1 - self.epsilon_low) & (adv < 0)).float()
             high = ((ratio > 1 + self.epsilon_high) & (adv > 0)).float()
             self._metrics[mode]["clip_ratio/low_mean"].append(self._global_mean(low, fmask))
