@@ -33,20 +33,28 @@ def test_tiny_dapo_run_fills_the_store(tmp_path, tiny_sft_path):
 
 @pytest.mark.slow
 def test_resume_appends_without_duplicating_steps(tmp_path, tiny_sft_path):
+    extra = ("--passk_n", "2", "--passk_max_prompts", "3", "--passk_every", "2", "--weights_every", "2")
     run_recipe(tmp_path, "tiny_dapo.yaml", "--max_steps", "4", "--run_name", "r", "--save_strategy", "steps",
-               "--save_steps", "2", "--eval_heldout", "false")
+               "--save_steps", "2", "--eval_heldout", "false", *extra)
+    w0 = (tmp_path / "r" / "weights" / "w0" / "model.layers.0.mlp.up_proj.weight.safetensors").read_bytes()
     lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
     # the run "crashed" after step 4 was logged; resume from the step-2 checkpoint and run to 4 again
     run_recipe(tmp_path, "tiny_dapo.yaml", "--max_steps", "4", "--run_name", "r", "--save_strategy", "steps",
-               "--save_steps", "2", "--eval_heldout", "false",
+               "--save_steps", "2", "--eval_heldout", "false", *extra,
                "--resume_from_checkpoint", str(tmp_path / "r" / "checkpoints" / "checkpoint-2"))
     records = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     keys = [(x["step"], x["name"]) for x in records]
     assert len(keys) == len(set(keys)), "a step was stored twice"
-    assert sorted({k[0] for k in keys}) == [1, 2, 3, 4]
+    assert sorted({k[0] for k in keys}) == [0, 1, 2, 3, 4]  # step 0: the pass@k base, before the first update
     assert len(lines) == len(records)
     rollout_steps = [x["step"] for x in RunReader(tmp_path / "r").records("rollouts")]
     assert rollout_steps == sorted(rollout_steps)
+    # pass@k: the base curve is measured once (before the first update) and kept; weight geometry keeps its W_0
+    passk = [(x["step"], x["kind"]) for x in RunReader(tmp_path / "r").records("passk")]
+    assert passk == [(0, "base"), (2, "current"), (4, "current")]
+    weights = [x["step"] for x in RunReader(tmp_path / "r").records("weights")]
+    assert weights == [2] * 28 + [4] * 28
+    assert (tmp_path / "r" / "weights" / "w0" / "model.layers.0.mlp.up_proj.weight.safetensors").read_bytes() == w0
 
 
 @pytest.mark.slow
