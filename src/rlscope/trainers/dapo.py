@@ -168,6 +168,12 @@ class DAPOTrainer(GRPOTrainer):
                     f"dynamic_sampling needs whole prompt groups per process: per_device_train_batch_size * "
                     f"steps_per_generation ({local}) must be a multiple of num_generations ({self.num_generations})")
 
+    @property
+    def text_tokenizer(self):
+        """The tokenizer itself (``processing_class`` may be a multimodal processor wrapping one)."""
+        pc = self.processing_class
+        return pc if hasattr(pc, "batch_decode") else pc.tokenizer
+
     # -- rewards ---------------------------------------------------------------------------------------------------
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -345,7 +351,7 @@ class DAPOTrainer(GRPOTrainer):
             return
         from accelerate.utils import gather_object
 
-        tok = self.processing_class if hasattr(self.processing_class, "batch_decode") else self.processing_class.tokenizer
+        tok = self.text_tokenizer
         mask = output["completion_mask"].bool()
         comp = [ids[m].tolist() for ids, m in zip(output["completion_ids"], mask)]
         texts = tok.batch_decode(comp, skip_special_tokens=True)

@@ -99,7 +99,7 @@ class InterleavedTrainer(DAPOTrainer):
         if any(hasattr(p, "ds_id") for p in self.model.parameters()):
             return None
         model = self.accelerator.unwrap_model(self.model)
-        tok = self.processing_class if hasattr(self.processing_class, "batch_decode") else self.processing_class.tokenizer
+        tok = self.text_tokenizer
         acc = evaluate_task(model, tok, self.task).accuracy
         self._metrics["train"]["rlscope/schedule/heldout_accuracy"].append(acc)
         return acc
@@ -131,7 +131,7 @@ class InterleavedTrainer(DAPOTrainer):
 
     # -- SFT data --------------------------------------------------------------------------------------------------
     def _demo_rows(self, source: str, n: int) -> tuple[list[str], list[str]]:
-        tok = self.processing_class if hasattr(self.processing_class, "batch_decode") else self.processing_class.tokenizer
+        tok = self.text_tokenizer
         rows: list[tuple[dict, str]] = []
         if source == "buffer" and isinstance(self.schedule, ReLIFT):
             rows = [(r, self.task.demonstration(r)) for r in self.schedule.take_batch(n)]
@@ -144,7 +144,7 @@ class InterleavedTrainer(DAPOTrainer):
         return prompts, [d for _, d in rows]
 
     def _sft_loss(self, model, prompts: list[str], demos: list[str], weighting: str | None = None) -> torch.Tensor:
-        tok = self.processing_class if hasattr(self.processing_class, "batch_decode") else self.processing_class.tokenizer
+        tok = self.text_tokenizer
         batch = demo_batch(tok, prompts, demos, self.accelerator.device)
         logps, mask = demo_token_logps(model, batch)
         return chord_phi_nll(logps, mask) if weighting == "p(1-p)" else sft_nll(logps, mask)
@@ -188,7 +188,7 @@ class InterleavedTrainer(DAPOTrainer):
             if not switched:
                 self._metrics["train"]["rlscope/schedule/hpt_sft_share"].append(0.0)
                 return rl
-            tok = self.processing_class if hasattr(self.processing_class, "batch_decode") else self.processing_class.tokenizer
+            tok = self.text_tokenizer
             rows = list(switched.values())
             nll = self._sft_loss(model, [self.task.render_prompt(r, tok) for r in rows],
                                  [self.task.demonstration(r) for r in rows])
