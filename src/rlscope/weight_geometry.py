@@ -68,14 +68,14 @@ class Snapshot:
             if snap.dir is not None:
                 save_file({"w": tensor}, str(snap.dir / f"{_safe_name(name)}.safetensors"))
             used += tensor.numel() * tensor.element_size()
-            if used <= budget or snap.dir is None:
-                if used > budget:
-                    raise MemoryError(f"W_0 snapshot needs {used / 2**30:.1f} GiB, over the {budget / 2**30:.1f} GiB "
-                                      f"in-memory budget, and no snapshot directory was given to spill to")
+            if used <= budget:
                 snap.mem[name] = tensor
-            else:
-                snap.mem.clear()  # over budget: everything is read back from disk instead
-                snap.on_disk = True
+                continue
+            if snap.dir is None:
+                raise MemoryError(f"W_0 snapshot needs {used / 2**30:.1f} GiB, over the {budget / 2**30:.1f} GiB "
+                                  f"in-memory budget, and no snapshot directory was given to spill to")
+            snap.mem.clear()  # over budget (and stays so: `used` only grows): every matrix is read back from disk
+            snap.on_disk = True
         if snap.dir is not None:
             (snap.dir / cls.INDEX).write_text(json.dumps({"names": snap.names, "format": 1}))
         return snap

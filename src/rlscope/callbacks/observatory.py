@@ -20,14 +20,13 @@ from dataclasses import fields
 import torch
 from transformers import TrainerCallback
 
-from rlscope.callbacks.wandb_log import WandbQueue
+from rlscope.callbacks.wandb_log import LOG_STEP_KEY as STEP_KEY, WandbQueue
 from rlscope.probes import get_probe
 from rlscope.probes.batch import TOKEN_FIELDS, TokenBatch, concat
 from rlscope.probes.behavior import REFLECTION_WORDS, row_features
 from rlscope.taps import TapRecord, TokenTap
 
 DEFAULT_PROBES = ("entropy", "cov", "behavior")
-STEP_KEY = "rlscope/step"
 
 
 class Observatory(TrainerCallback):

@@ -3,7 +3,8 @@ exists (``report_to wandb`` starts it in the trainer's own W&B callback), on rls
 
 from __future__ import annotations
 
-STEP_KEY = "train/rlscope/step"
+LOG_STEP_KEY = "rlscope/step"  # the run's step, as callbacks put it into Trainer.log
+STEP_KEY = f"train/{LOG_STEP_KEY}"  # the same key after transformers' WandbCallback prefixes it
 
 
 class WandbQueue:
