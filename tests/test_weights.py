@@ -172,7 +172,7 @@ def test_live_probe_equals_offline_command_on_the_checkpoints(tmp_path, tiny_sft
     assert res["matrices"] == 28 and 0 <= res["rank1"]["greedy"] <= 1
 
 
-def test_plain_trainer_example_and_resume_keeps_w0(tmp_path, tiny_path):
+def test_plain_trainer_example_logs_weight_geometry(tmp_path, tiny_path):
     from rlscope.store import RunReader
 
     out = tmp_path / "plain"
