@@ -1,0 +1,123 @@
+"""Small helpers shared across rlscope, each defined once: distributed facts, tokenizers, W&B, tensors, seeds, rewards.
+
+Nothing here imports the trainers, the callbacks or the probes; heavy libraries are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import zlib
+
+import torch
+
+# -- distributed -----------------------------------------------------------------------------------------------------
+
+
+def zero_stage() -> int | None:
+    """The DeepSpeed ZeRO stage of the running accelerate state (None: not under DeepSpeed, or no state yet)."""
+    try:
+        from accelerate.state import AcceleratorState
+
+        plugin = getattr(AcceleratorState(), "deepspeed_plugin", None)
+    except Exception:  # noqa: BLE001 -- no accelerator state initialised: not under DeepSpeed
+        return None
+    return None if plugin is None else int(plugin.zero_stage)
+
+
+def is_partitioned(param) -> bool:
+    """Whether a parameter is partitioned across ranks by DeepSpeed ZeRO-3 (it then carries a ``ds_id``)."""
+    return hasattr(param, "ds_id")
+
+
+def model_is_partitioned(model) -> bool:
+    """Whether any parameter of ``model`` is ZeRO-3 partitioned (gathering it is then a collective)."""
+    return any(is_partitioned(p) for p in model.parameters())
+
+
+def keyword_options(fn, skip: int = 0) -> dict[str, object]:
+    """The keyword parameters of ``fn`` after the first ``skip`` and their defaults (the options of a probe function, a
+    source's or a task's constructor)."""
+    params = list(inspect.signature(fn).parameters.values())[skip:]
+    return {p.name: p.default for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+# -- tokenizers and reporting ----------------------------------------------------------------------------------------
+
+
+def text_tokenizer(processing_class):
+    """The tokenizer itself: a trainer's ``processing_class`` may be a (multimodal) processor wrapping one."""
+    if processing_class is None or hasattr(processing_class, "batch_decode"):
+        return processing_class
+    return processing_class.tokenizer
+
+
+def reports_to_wandb(report_to) -> bool:
+    """Whether a trainer's ``report_to`` (a string or a list) includes W&B."""
+    report = report_to if isinstance(report_to, (list, tuple)) else [report_to]
+    return "wandb" in report or "all" in report
+
+
+# -- tensors ---------------------------------------------------------------------------------------------------------
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean of ``values`` at the True positions of ``mask``, in float64, non-finite values left out; NaN when none."""
+    v = values[mask.bool()].to(torch.float64)
+    v = v[torch.isfinite(v)]
+    return float(v.mean()) if v.numel() else math.nan
+
+
+def row_means(values: torch.Tensor, mask: torch.Tensor) -> list[float]:
+    """Per-row mean of ``values`` (N, T) over the row's valid tokens (NaN for a row without any)."""
+    m = mask.to(torch.float64)
+    n = m.sum(dim=1)
+    sums = (values.to(torch.float64) * m).sum(dim=1)
+    return [float(s / c) if c > 0 else math.nan for s, c in zip(sums, n)]
+
+
+def pad_and_concat(tensors: list[torch.Tensor], side: str = "right", value: float | int = 0) -> torch.Tensor:
+    """Concatenate ``(B_i, T_i, ...)`` tensors along the rows, padding the token axis on ``side`` to the longest."""
+    if side not in ("left", "right"):
+        raise ValueError(f"pad_and_concat: side must be 'left' or 'right', got {side!r}")
+    width = max(t.shape[1] for t in tensors)
+    out = []
+    for t in tensors:
+        gap = width - t.shape[1]
+        if gap:
+            pad = t.new_full((t.shape[0], gap, *t.shape[2:]), value)
+            t = torch.cat([pad, t] if side == "left" else [t, pad], dim=1)
+        out.append(t)
+    return torch.cat(out, dim=0)
+
+
+# -- seeds -----------------------------------------------------------------------------------------------------------
+
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(x: int) -> int:
+    """splitmix64's finaliser: a bijection of 64-bit integers that scatters nearby inputs."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def derive_seed(seed: int, *stream) -> int:
+    """The seed of one random stream of a run: ``derive_seed(seed, "refill", rank)``, ``derive_seed(seed, "passk",
+    prompt_index)``. Different streams (names, ranks, indices) get unrelated seeds; the same arguments always give the
+    same seed, on every machine (no Python ``hash``). In [0, 2**63 - 1)."""
+    x = _mix64(int(seed) & _MASK64)
+    for part in stream:
+        v = zlib.crc32(part.encode()) if isinstance(part, str) else int(part) & _MASK64
+        x = _mix64(x ^ _mix64(v))
+    return x % ((1 << 63) - 1)
+
+
+# -- rewards ---------------------------------------------------------------------------------------------------------
+
+
+def is_correct(rewards: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """A completion counts as correct when its (correctness) reward is >= ``threshold``; an unscored (NaN) one never."""
+    return torch.nan_to_num(rewards.to(torch.float64), nan=-math.inf) >= threshold
