@@ -17,7 +17,7 @@ RECIPES = ROOT / "recipes"
 @pytest.fixture(scope="session")
 def tiny_sft_path():
     """The cached warm-started tiny model the tiny recipes use (built once per machine, ~4 min)."""
-    from rlscope.train import tiny_sft_model
+    from rlscope.tinymodel import tiny_sft_model
 
     return tiny_sft_model("chainsum", {"seed": 0})
 

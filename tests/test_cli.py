@@ -29,8 +29,8 @@ def test_demo_command_end_to_end_small(tmp_path):
     p = rlscope("demo", "--runs-dir", str(tmp_path), "--run-name", "d", "--sft_steps", "20", "--sft_batch_size", "16",
                 "--max_steps", "2", "--report_to", "none", "--per_device_train_batch_size", "16",
                 "--max_completion_length", "32", "--overlong_buffer_len", "8", "--dynamic_sampling", "false",
-                "--task_config", '{"seed": 0, "n_heldout": 24}', "--eval_samples", "2", "--passk_n", "4",
-                "--passk_max_prompts", "6", "--passk_every", "1")
+                "--task_config", '{"seed": 0, "n_heldout": 24}', "--eval_samples", "2", "--probe_every",
+                '{"passk": 1}', "--probe_options", '{"passk": {"n": 4, "max_prompts": 6}}')
     assert p.returncode == 0, p.stderr[-4000:]
     assert "held-out greedy pass@1, SFT checkpoint (before RL)" in p.stdout
     assert "pass@k on 6 held-out prompts x 4 samples" in p.stdout

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from rlscope.trainers.dapo import _named_reward, RewardFunctionError, group_keep_mask, pad_cat
+from rlscope.common import pad_and_concat
+from rlscope.trainers.dapo import _named_reward, RewardFunctionError, group_keep_mask
 
 
 def test_group_keep_mask_drops_all_equal_groups():
@@ -32,8 +33,8 @@ def test_group_keep_mask_matches_a_loop_on_random_inputs():
 def test_pad_cat_pads_each_side():
     a = torch.tensor([[1, 2]])
     b = torch.tensor([[3, 4, 5]])
-    assert pad_cat([a, b], "left", 0).tolist() == [[0, 1, 2], [3, 4, 5]]
-    assert pad_cat([a, b], "right", 9).tolist() == [[1, 2, 9], [3, 4, 5]]
+    assert pad_and_concat([a, b], "left", 0).tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert pad_and_concat([a, b], "right", 9).tolist() == [[1, 2, 9], [3, 4, 5]]
 
 
 def test_reward_function_errors_name_the_function():

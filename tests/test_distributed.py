@@ -8,8 +8,8 @@ from rlscope.store import RunReader
 
 @pytest.mark.slow
 def test_ddp_two_processes_record_world_size_two(tmp_path, tiny_sft_path):
-    launch(tmp_path, "ddp2.yaml", "--max_steps", "2", "--run_name", "ddp", "--observatory_dump_every", "1",
-           "--weights_every", "1")
+    launch(tmp_path, "ddp2.yaml", "--max_steps", "2", "--run_name", "ddp", "--probe_options",
+           '{"tokens": {"dump_every": 1}}', "--probe_every", '{"weights": 1}')
     m = meta(tmp_path / "ddp")
     assert m["world_size"] == 2 and m["status"] == "finished"
     assert "MULTI" in m["distributed_type"] and m["zero_stage"] is None
@@ -38,7 +38,7 @@ def test_ddp_two_processes_record_world_size_two(tmp_path, tiny_sft_path):
 @pytest.mark.parametrize("config", ["zero2.yaml", "zero3.yaml"])
 def test_deepspeed_zero_runs_the_tiny_recipe(tmp_path, tiny_sft_path, config):
     name = config.split(".")[0]
-    launch(tmp_path, config, "--max_steps", "2", "--run_name", name, "--weights_every", "1")
+    launch(tmp_path, config, "--max_steps", "2", "--run_name", name, "--probe_every", '{"weights": 1}')
     m = meta(tmp_path / name)
     assert m["world_size"] == 2 and m["status"] == "finished"
     assert "DEEPSPEED" in m["distributed_type"]

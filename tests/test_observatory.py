@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from rlscope.probes import Histogram
+
 from conftest import ROOT
 from helpers import FAST, run_recipe
 
@@ -51,7 +53,7 @@ def test_dapo_run_logs_probes_every_step_and_offline_recompute_matches(tmp_path)
     from rlscope.analysis.token_dynamics import recompute
 
     summary = run_recipe(tmp_path, "tiny_dapo.yaml", "--max_steps", "4", "--run_name", "obs",
-                         "--observatory_dump_every", "1", "--eval_heldout", "false")
+                         "--probe_options", '{"tokens": {"dump_every": 1}}', "--eval_heldout", "false")
     run_dir = Path(summary["run_dir"])
     s = series(run_dir)
     for key in PROBE_KEYS:
@@ -84,9 +86,9 @@ def test_taps_record_only_training_passes(tmp_path, tiny_sft_path):
     trainer = GRPOTrainer(model=str(tiny_sft_path), reward_funcs=task.reward_funcs(), args=cfg,
                           train_dataset=task.dataset("train"),
                           processing_class=AutoTokenizer.from_pretrained(tiny_sft_path))
-    obs = rlscope.attach(trainer).observatory
+    obs = rlscope.attach(trainer)
     trainer.train()
-    tap = obs.tap
+    tap = obs.sources["tokens"].tap
     assert tap.training_passes == 3 * 2  # optimizer steps x gradient accumulation micro-batches
     assert tap.helper_calls > tap.training_passes  # old + reference log-prob passes went by unrecorded
     assert obs.last["rlscope/behavior/n_completions"] == 16  # both micro-batches of the last step
@@ -110,23 +112,23 @@ def _two_rank_worker(rank: int, port: int, out: str):
                       LOCAL_RANK=str(rank))
     from accelerate import Accelerator
 
-    from rlscope.callbacks import Observatory
+    from rlscope.callbacks.sources.tokens import gather_batch
+    from rlscope.probes import get_probe
     from test_probes import random_batch
 
     acc = Accelerator(cpu=True)
-    obs = Observatory()
-    obs.accelerator = acc
     # ranks with different row counts and token widths
     local = random_batch(seed=rank, n=6 + 3 * rank, t=11 + 5 * rank)
     local.has_eos = torch.ones(local.n_rows, dtype=torch.bool)
     local.reflections = torch.arange(local.n_rows, dtype=torch.float64)
     local.repetition = torch.rand(local.n_rows, dtype=torch.float64)
     torch.save(local.__dict__, Path(out) / f"local{rank}.pt")
-    joined = obs._gather(local)
+    joined = gather_batch(local, acc)
     if rank == 0:
         res = {}
-        for name, probe in obs.probes.items():
-            res.update({f"{name}/{k}": v for k, v in probe.fn(joined, {}).items() if not isinstance(v, tuple)})
+        for name in ("entropy", "cov", "behavior"):
+            probe = get_probe(name)
+            res.update({f"{name}/{k}": v for k, v in probe.fn(joined, {}).items() if not isinstance(v, Histogram)})
         (Path(out) / "gathered.json").write_text(json.dumps(res))
     acc.wait_for_everyone()
     torch.distributed.destroy_process_group()
@@ -146,7 +148,7 @@ def test_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path):
     assert single.n_rows == 6 + 9
     for name in ("entropy", "cov", "behavior"):
         for k, v in get_probe(name).fn(single, {}).items():
-            if isinstance(v, tuple):
+            if isinstance(v, Histogram):
                 continue
             g = gathered[f"{name}/{k}"]
             assert (math.isnan(v) and math.isnan(g)) or g == pytest.approx(v, rel=1e-12, abs=1e-12), (name, k)

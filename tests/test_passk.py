@@ -82,8 +82,9 @@ def test_two_processes_give_the_same_curve_as_one(tiny_sft_path):
 def test_evaluation_leaves_the_callers_rng_alone(tiny_sft_path):
     import torch
 
-    from rlscope.passk_eval import evaluate_passk, load_policy
+    from rlscope.passk_eval import evaluate_passk
     from rlscope.tasks import get_task
+    from rlscope.tinymodel import load_policy
 
     model, tok = load_policy(str(tiny_sft_path))
     task = get_task("chainsum", seed=0)
@@ -97,18 +98,23 @@ def test_evaluation_leaves_the_callers_rng_alone(tiny_sft_path):
 
 
 def test_resumed_run_keeps_its_stored_base_curve(tmp_path):
-    from rlscope.callbacks import PassKCallback
-    from rlscope.store import RunWriter
+    from rlscope.callbacks import Observatory
+    from rlscope.probes.passk import restore_base
+    from rlscope.store import RunReader, RunWriter
 
     w = RunWriter(tmp_path)
-    w.log_passk(0, "base", {"n": 4, "curve": [0.1, 0.2, 0.3, 0.4], "counts": [1, 0], "seconds": 1.0})
-    w.log_passk(10, "current", {"n": 4, "curve": [0.5, 0.5, 0.5, 0.5], "counts": [2, 2], "seconds": 1.0})
-    cb = PassKCallback("chainsum", n=4, writer=w)
-    base = cb._stored_base()
-    assert base.curve == [0.1, 0.2, 0.3, 0.4] and base.counts == [1, 0]
-    assert PassKCallback("chainsum", n=8, writer=w)._stored_base() is None  # another n: measure again
+    w.log_records("passk", 0, [{"kind": "base", "n": 4, "curve": [0.1, 0.2, 0.3, 0.4], "counts": [1, 0],
+                                "seconds": 1.0}])
+    w.log_records("passk", 10, [{"kind": "current", "n": 4, "curve": [0.5, 0.5, 0.5, 0.5], "counts": [2, 2],
+                                 "seconds": 1.0}])
+    w.close()
+    state: dict = {}
+    restore_base(RunReader(tmp_path), state)
+    base = state["bases"][4]
+    assert base["curve"] == [0.1, 0.2, 0.3, 0.4] and base["counts"] == [1, 0]
+    assert 8 not in state["bases"]  # another n: measure again
     with pytest.raises(ValueError, match="k=32 must be between 1 and n=16"):
-        PassKCallback("chainsum", n=16, ks=[1, 32])
+        Observatory({"passk": {"task": "chainsum", "n": 16, "ks": [1, 32]}})
 
 
 def test_sft_example_gets_base_and_curves(tmp_path, tiny_path):

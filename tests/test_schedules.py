@@ -52,8 +52,8 @@ def test_relift_buffer_fills_then_sft_on_buffer():
 def test_hpt_switches_per_prompt():
     s = get_schedule("hpt_mix")
     assert s.decide(Signals(step=1)).per_prompt
-    assert s.weights(0.0) == (1.0, 0.0) and s.weights(0.25) == (0.0, 1.0)
-    assert get_schedule("hpt_mix", gamma=0.25).weights(0.25) == (1.0, 0.0)
+    assert s.prompt_weights(0.0) == (1.0, 0.0) and s.prompt_weights(0.25) == (0.0, 1.0)
+    assert get_schedule("hpt_mix", gamma=0.25).prompt_weights(0.25) == (1.0, 0.0)
 
 
 def test_chord_weight_decays():
@@ -68,7 +68,7 @@ def test_chord_weight_decays():
 def test_unknown_schedule_and_parameter_are_named():
     with pytest.raises(ValueError, match="Did you mean 'relift'"):
         get_schedule("relif")
-    with pytest.raises(ValueError, match="no parameter 'bufer_size'.*Did you mean 'buffer_size'"):
+    with pytest.raises(ValueError, match="unknown parameter 'bufer_size' of schedule 'relift'. Did you mean 'buffer_size'"):
         get_schedule("relift", bufer_size=3)
 
 

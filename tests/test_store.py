@@ -19,7 +19,7 @@ def test_roundtrip_long_format(tmp_path):
     steps, values = r.series("reward")
     assert steps == [1, 2] and values[0] == 0.5 and values[1] != values[1]  # NaN survives as NaN
     assert r.rollouts().num_rows == 1
-    with pytest.raises(KeyError, match="not in"):
+    with pytest.raises(KeyError, match="unknown metric 'nope'"):
         r.series("nope")
 
 

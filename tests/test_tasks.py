@@ -50,7 +50,7 @@ def test_task_reward_funcs_read_columns_and_name_missing_ones():
 
 
 def test_unknown_task_suggests_the_closest_name():
-    with pytest.raises(ValueError, match="did you mean 'chainsum'"):
+    with pytest.raises(ValueError, match="Did you mean 'chainsum'"):
         get_task("chainsun")
 
 

@@ -33,7 +33,7 @@ def test_tiny_dapo_run_fills_the_store(tmp_path, tiny_sft_path):
 
 @pytest.mark.slow
 def test_resume_appends_without_duplicating_steps(tmp_path, tiny_sft_path):
-    extra = ("--passk_n", "2", "--passk_max_prompts", "3", "--passk_every", "2", "--weights_every", "2")
+    extra = ("--probe_every", '{"passk": 2, "weights": 2}', "--probe_options", '{"passk": {"n": 2, "max_prompts": 3}}')
     run_recipe(tmp_path, "tiny_dapo.yaml", "--max_steps", "4", "--run_name", "r", "--save_strategy", "steps",
                "--save_steps", "2", "--eval_heldout", "false", *extra)
     w0 = (tmp_path / "r" / "weights" / "w0" / "model.layers.0.mlp.up_proj.weight.safetensors").read_bytes()
@@ -63,8 +63,8 @@ def test_wandb_offline_directory_sits_inside_the_run(tmp_path, tiny_sft_path, mo
     monkeypatch.delenv("WANDB_DIR", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     run_recipe(tmp_path, "tiny_dapo.yaml", "--max_steps", "2", "--run_name", "w", "--report_to", "wandb",
-               "--eval_heldout", "false", "--observatory_table_every", "1", "--passk_n", "2", "--passk_max_prompts", "2",
-               "--weights_every", "1")
+               "--eval_heldout", "false", "--probe_every", '{"weights": 1}', "--probe_options",
+               '{"passk": {"n": 2, "max_prompts": 2}, "tokens": {"table_every": 1}}')
     runs = list((tmp_path / "w" / "wandb").glob("offline-run-*"))
     assert runs, "no offline W&B run inside the run directory"
     assert any(p.suffix == ".wandb" for p in runs[0].iterdir())

@@ -138,7 +138,8 @@ def test_live_probe_equals_offline_command_on_the_checkpoints(tmp_path, tiny_sft
     from helpers import run_recipe
     from rlscope.store import RunReader
 
-    summary = run_recipe(tmp_path, "tiny_dapo.yaml", "--max_steps", "4", "--run_name", "wg", "--weights_every", "2",
+    summary = run_recipe(tmp_path, "tiny_dapo.yaml", "--max_steps", "4", "--run_name", "wg",
+                         "--probe_every", '{"weights": 2}',
                          "--save_strategy", "steps", "--save_steps", "2", "--save_total_limit", "3",
                          "--eval_heldout", "false", "--learning_rate", "1e-4")
     run = Path(summary["run_dir"])
@@ -185,11 +186,9 @@ def test_plain_trainer_example_logs_weight_geometry(tmp_path, tiny_path):
 
 def test_resumed_run_keeps_its_stored_w0(tmp_path, tiny_path):
     """A resumed run finds W_0 in its run directory and uses it instead of snapshotting the (already trained) model."""
-    from types import SimpleNamespace
-
     from transformers import AutoModelForCausalLM
 
-    from rlscope.callbacks import WeightsCallback
+    from rlscope.callbacks import Observatory
     from rlscope.probes.weights import select_matrices
     from rlscope.weight_geometry import Snapshot
 
@@ -198,9 +197,7 @@ def test_resumed_run_keeps_its_stored_w0(tmp_path, tiny_path):
     params = dict(model.named_parameters())
     stored = {n: torch.zeros_like(params[n]) + 0.5 for n in names}  # stands in for the pre-training weights
     Snapshot.take(stored.items(), tmp_path / "w0")
-    cb = WeightsCallback(every=1, snapshot_dir=tmp_path / "w0")
-    state = SimpleNamespace(is_world_process_zero=True, global_step=7)
-    cb.on_train_begin(None, state, None, model=model)
-    assert torch.equal(cb.tracker.snapshot[names[0]], stored[names[0]])
-    cb.on_step_end(None, state, None, model=model)
-    assert cb.last["rlscope/weights/dw_rel_norm"] > 0  # measured against the stored reference, not the model itself
+    obs = Observatory({"weights": {"every": 1, "snapshot_dir": tmp_path / "w0"}})
+    last = obs.measure(model, step=7)  # sets the source up (finding the stored W_0), then probes the model
+    assert torch.equal(obs.sources["weights"].snapshot[names[0]], stored[names[0]])
+    assert last["rlscope/weights/dw_rel_norm"] > 0  # measured against the stored reference, not the model itself

@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name):  # lazy: `import rlscope` stays light; `rlscope.attach` pulls in transformers
-    if name in ("attach", "Observatory", "PassKCallback", "WeightsCallback"):
+    if name in ("attach", "Observatory"):
         from rlscope import callbacks
 
         return getattr(callbacks, name)

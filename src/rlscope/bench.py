@@ -58,11 +58,10 @@ def _overhead_run(arm: str, recipe: str, steps: int, warmup: int, tmp: str, inde
     from trl import GRPOConfig, GRPOTrainer
 
     from rlscope import paths
-    from rlscope.callbacks import RunStoreCallback, attach
+    from rlscope.callbacks import attach
     from rlscope.recipe import parse_recipe
-    from rlscope.store import RunWriter
     from rlscope.tasks import get_task
-    from rlscope.train import tiny_sft_model
+    from rlscope.tinymodel import tiny_sft_model
     from rlscope.trainers.dapo import DAPOTrainer
 
     run_args, cfg, _ = parse_recipe(
@@ -80,17 +79,15 @@ def _overhead_run(arm: str, recipe: str, steps: int, warmup: int, tmp: str, inde
         trainer = GRPOTrainer(args=GRPOConfig(**{k: v for k, v in cfg.to_dict().items() if k in names
                                                  and k not in ("generation_batch_size",)}), **common)
     else:
-        writer = RunWriter(f"{tmp}/{arm}-{index}/run")
-        trainer = DAPOTrainer(args=cfg, run_store=writer, **common)
-        trainer.add_callback(RunStoreCallback(writer))
-        attach(trainer)
+        trainer = DAPOTrainer(args=cfg, **common)
+        trainer.run_store = attach(trainer, f"{tmp}/{arm}-{index}/run").writer
     trainer.train()
     timed = stamps[warmup:]
     return (timed[-1] - stamps[warmup - 1]) / len(timed)
 
 
 def bench_overhead(steps: int = 10, warmup: int = 2, repeats: int = 3, recipe: str = "tiny_dapo") -> dict:
-    """Step time of the tiny DAPO recipe with rlscope (trainer, run store, default Observatory) vs a bare TRL
+    """Step time of the tiny DAPO recipe with rlscope (trainer, run store, default token probes) vs a bare TRL
     ``GRPOTrainer``: same config, seed and steps, runs interleaved (ABBA...), ratio of the median seconds/step.
 
     Dynamic sampling and overlong shaping are off in both arms so that both do exactly the same generation and
@@ -114,17 +111,17 @@ def bench_overhead(steps: int = 10, warmup: int = 2, repeats: int = 3, recipe: s
 
 def bench_passk(prompts: int = 64, n: int = 16, repeats: int = 3) -> dict:
     """pass@k evaluation (``prompts`` held-out prompts x ``n`` samples, tiny warm-started model) through rlscope's
-    callback path (seeded per-prompt sampling, scoring, gathering, estimator, store + logging) vs a bare
-    ``model.generate`` of the same samples (same per-prompt calls, seeds and generation config), interleaved;
-    the ratio of the median seconds."""
+    probe engine (samples source: seeded per-prompt sampling, scoring, gathering; the passk probe; store + logging)
+    vs a bare ``model.generate`` of the same samples (same per-prompt calls, seeds and generation config),
+    interleaved; the ratio of the median seconds."""
     import statistics
 
     import torch
 
-    from rlscope.callbacks.passk import PassKCallback
-    from rlscope.passk_eval import _generation_config, load_policy, prompt_seed
-    from rlscope.store import RunWriter
+    from rlscope.callbacks import Observatory
+    from rlscope.passk_eval import _generation_config, prompt_seed
     from rlscope.tasks import get_task
+    from rlscope.tinymodel import load_policy
 
     model, tok = load_policy("tiny-sft")
     model.eval()
@@ -142,27 +139,28 @@ def bench_passk(prompts: int = 64, n: int = 16, repeats: int = 3) -> dict:
         return time.perf_counter() - t0
 
     times: dict[str, list[float]] = {"bare": [], "rlscope": []}
-    result = None
+    scalars: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        cb = PassKCallback(task, n=n, every=0, max_prompts=prompts, writer=RunWriter(tmp))
+        obs = Observatory({"passk": {"task": task, "n": n, "max_prompts": prompts}}, run_dir=tmp)
+        calls = 0
 
         def full() -> float:
-            nonlocal result
+            nonlocal scalars, calls
             t0 = time.perf_counter()
-            result = cb._eval(model, tok)
-            cb._publish(0, "current" if cb.base is not None else "base", result, True)
-            cb.base = cb.base or result
+            scalars = obs.measure(model, tok, step=calls, when="start" if calls == 0 else "step")
+            calls += 1
             return time.perf_counter() - t0
 
         for rep in range(repeats):
             for arm in (("bare", "rlscope") if rep % 2 == 0 else ("rlscope", "bare")):
                 times[arm].append(bare() if arm == "bare" else full())
     med = {k: statistics.median(v) for k, v in times.items()}
+    prefix = "rlscope/passk/" + ("base_" if calls == 1 else "")
     return {"bench": "passk", "prompts": prompts, "n": n, "repeats": repeats,
             "rlscope_seconds": [round(v, 3) for v in times["rlscope"]], "bare_seconds": [round(v, 3) for v in times["bare"]],
             "seconds": round(med["rlscope"], 3), "bare_generate_seconds": round(med["bare"], 3),
-            "ratio": round(med["rlscope"] / med["bare"], 4), "pass@1": round(result.at(1), 4),
-            f"pass@{n}": round(result.at(n), 4)}
+            "ratio": round(med["rlscope"] / med["bare"], 4), "pass@1": round(scalars[f"{prefix}pass@1"], 4),
+            f"pass@{n}": round(scalars[f"{prefix}pass@{n}"], 4)}
 
 
 def _decaying_matrix(n: int, seed: int = 0):
@@ -183,17 +181,13 @@ def bench_weights(n: int = 4096, k: int = 16, layers: int = 28, hidden: int = 15
     largest principal-angle error; (b) one full probe over a Qwen2.5-1.5B-shaped model (28 layers, hidden 1536,
     intermediate 8960, GQA k/v 256 x 1536; bf16 random weights plus a small random update): seconds of the W_0
     reference SVDs (once per run), seconds of the probe, peak resident memory."""
+    import math
     import resource
+    import statistics
 
     import torch
 
-    from rlscope.probes.weights import aggregate, principal_angles, top_svd
-    from rlscope.weight_geometry import GeometryTracker, Snapshot
-
-    import math
-    import statistics
-
-    from rlscope.probes.weights import matrix_geometry
+    from rlscope.probes.weights import WeightView, matrix_geometry, principal_angles, top_svd, weight_geometry
 
     w = _decaying_matrix(n)
     top_svd(w, k, exact_below=1024)  # warm-up (first-call allocations)
@@ -222,31 +216,28 @@ def bench_weights(n: int = 4096, k: int = 16, layers: int = 28, hidden: int = 15
     shapes = {"q_proj": (hidden, hidden), "k_proj": (kv_dim, hidden), "v_proj": (kv_dim, hidden),
               "o_proj": (hidden, hidden), "gate_proj": (intermediate, hidden), "up_proj": (intermediate, hidden),
               "down_proj": (hidden, intermediate)}
-    snap, wt = Snapshot(), {}
+    w0s, wt = {}, {}
     for layer in range(layers):
         for kind, shape in shapes.items():
             part = "self_attn" if kind in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
             name = f"model.layers.{layer}.{part}.{kind}.weight"
-            w0 = (torch.randn(*shape, generator=g) * 0.02).to(torch.bfloat16)
-            snap.mem[name] = w0
-            snap.names.append(name)
-            wt[name] = (w0.float() + 1e-4 * torch.randn(*shape, generator=g)).to(torch.bfloat16)
+            w0s[name] = (torch.randn(*shape, generator=g) * 0.02).to(torch.bfloat16)
+            wt[name] = (w0s[name].float() + 1e-4 * torch.randn(*shape, generator=g)).to(torch.bfloat16)
     params = sum(t.numel() for t in wt.values())
-    tracker = GeometryTracker(snap, k=k)
+    state: dict = {"svd0": {}}
     t0 = time.perf_counter()
-    for name in snap.names:
-        tracker.svd0[name] = top_svd(snap[name], k)
+    for name, w0 in w0s.items():  # W_0's reference SVDs: once per run, kept in the probe's state
+        state["svd0"][name] = top_svd(w0, k)
     t_ref = time.perf_counter() - t0
     t0 = time.perf_counter()
-    per = {name: tracker.probe_one(name, wt[name]) for name in snap.names}
-    agg = aggregate(per)
+    agg = weight_geometry(WeightView((name, w0s[name], wt[name]) for name in w0s), state, k=k)
     t_probe = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB
     return {"bench": "weights", "svd_n": n, "k": k, "randomized_seconds": round(t_rand, 4),
             "exact_seconds": round(t_exact, 3), "speed_ratio": round(t_exact / t_rand, 1),
             "subspace_error_rad": float(f"{err:.3g}"), "probe_angle_error_rad": float(f"{probe_err:.3g}"),
             "probe_angle_exact_mean_rad": float(f"{exact['angle_left_mean']:.4g}"),
-            "model": f"{layers} layers, hidden {hidden}, intermediate {intermediate}", "matrices": len(per),
+            "model": f"{layers} layers, hidden {hidden}, intermediate {intermediate}", "matrices": int(agg["n_matrices"]),
             "matrix_params": params, "reference_svd_seconds": round(t_ref, 2), "probe_seconds": round(t_probe, 2),
             "peak_rss_gib": round(peak, 2), "angle_left_mean": agg["angle_left_mean"],
             "dw_rank1_energy": agg["dw_rank1_energy"], "threads": torch.get_num_threads()}

@@ -1,4 +1,4 @@
-"""The ``rlscope`` console script: demo, train, bench."""
+"""The ``rlscope`` console script: demo, train, passk, weights, probes, bench."""
 
 from __future__ import annotations
 
@@ -54,7 +54,8 @@ def cmd_train(ns) -> int:
 
 
 def cmd_passk(ns) -> int:
-    from rlscope.passk_eval import load_policy, passk_report
+    from rlscope.passk_eval import passk_report
+    from rlscope.tinymodel import load_policy
 
     model, tokenizer = load_policy(ns.model)
     report = passk_report(model, tokenizer, ns.task, n=ns.n, task_config=json.loads(ns.task_config),
@@ -100,6 +101,23 @@ def cmd_weights(ns) -> int:
                   f"{agg['angle_right_mean']:.5f}  sv_rel_change_mean {agg['sv_rel_change_mean']:.2e}  "
                   f"dw_rank1_energy {agg['dw_rank1_energy']:.4f}  dw_dir_cos_left {agg['dw_dir_cos_left']:.4f}")
     print(json.dumps(out))
+    return 0
+
+
+def cmd_probes(ns) -> int:
+    """Every registered probe: its source, inputs, cost, default cadence, options and the metrics it writes."""
+    from rlscope.probes import PROBES
+
+    rows = [probe.describe() for _, probe in PROBES.items()]
+    if not ns.json:
+        for r in rows:
+            print(f"{r['name']:<10} source {r['source']:<10} cost {r['cost']:<7} cadence {r['cadence']:<18} "
+                  f"inputs {', '.join(r['inputs'])}")
+            print(f"{'':<10} {r['doc']}")
+            if r["options"]:
+                print(f"{'':<10} options: {', '.join(f'{k}={v!r}' for k, v in r['options'].items())}")
+            print(f"{'':<10} metrics: {', '.join(r['metrics'])}")
+    print(json.dumps({"probes": rows}))
     return 0
 
 
@@ -162,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--json", action="store_true", help="print only the JSON line")
     w.set_defaults(func=cmd_weights)
+
+    pr = sub.add_parser("probes", help="list every registered probe (source, inputs, cost, default cadence, options, "
+                                       "metrics); the last output line is JSON")
+    pr.add_argument("--json", action="store_true", help="print only the JSON line")
+    pr.set_defaults(func=cmd_probes)
 
     b = sub.add_parser("bench", help="benchmarks; the last output line is JSON")
     b.add_argument("what", choices=["step", "overhead", "passk", "weights", "schedules"])

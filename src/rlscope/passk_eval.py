@@ -1,24 +1,25 @@
 """pass@k evaluation: n seeded samples per held-out prompt, prompts split across ranks, counts gathered.
 
-Sampling is seeded per prompt (seed + prompt index), one ``generate`` call per prompt with ``num_return_sequences=n``
+Sampling is seeded per prompt (``derive_seed(seed, "passk", prompt index)``), one ``generate`` call per prompt with ``num_return_sequences=n``
 and no padding, so a prompt's samples -- and hence the curve -- do not depend on how the prompts are split across
 ranks or batched. The caller's RNG state is restored afterwards: evaluating inside a training run does not change the
 run's own sampling. The generation config is explicit (temperature, top_p, no top-k, no repetition penalty), so a
 model's shipped ``generation_config.json`` cannot silently change what "sampling from the policy" means.
 
 With vLLM (TRL's ``use_vllm``), the same counts can come from ``LLM.generate(prompts, SamplingParams(n=n,
-temperature=T, top_p=p, seed=seed + index))`` per prompt; this module uses HF ``generate``, which is what the tests
+temperature=T, top_p=p, seed=prompt_seed(seed, index)))`` per prompt; this module uses HF ``generate``, which is what the tests
 cover.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from rlscope.common import derive_seed, is_correct
 from rlscope.probes.passk import pass_at_k_curve
 
 
@@ -27,14 +28,10 @@ class PassKResult:
     n: int
     counts: list[int]  # correct samples per prompt, in the split's order
     curve: list[float]  # mean pass@k for k = 1..n
-    difficulty: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def at(self, k: int) -> float:
         return self.curve[k - 1]
-
-    def record(self) -> dict:
-        return {"n": self.n, "curve": self.curve, "counts": self.counts, "seconds": self.seconds}
 
 
 def _generation_config(tokenizer, n: int, temperature: float, top_p: float, max_new_tokens: int):
@@ -56,7 +53,8 @@ def sample_prompt(model, tokenizer, prompt: str, gen_config, seed: int) -> list[
 
 
 def prompt_seed(seed: int, index: int) -> int:
-    return (seed * 1_000_003 + index * 7_919 + 17) % (2 ** 63 - 1)
+    """The sampling seed of prompt ``index`` (the same whichever rank samples it)."""
+    return derive_seed(seed, "passk", index)
 
 
 def evaluate_passk(model, tokenizer, task, n: int = 16, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
@@ -64,7 +62,7 @@ def evaluate_passk(model, tokenizer, task, n: int = 16, temperature: float = 1.0
                    correct_threshold: float = 0.5) -> PassKResult:
     """pass@k of ``model`` on ``task``'s split for k = 1..n. Call it on every rank (prompts are split, counts gathered).
 
-    A sample is correct when ``task.score`` >= ``correct_threshold``.
+    A sample is correct when ``task.score`` >= ``correct_threshold`` (:func:`rlscope.common.is_correct`).
     """
     from accelerate import PartialState
 
@@ -85,7 +83,8 @@ def evaluate_passk(model, tokenizer, task, n: int = 16, temperature: float = 1.0
         for i in mine:
             texts = sample_prompt(model, tokenizer, task.render_prompt(rows[i], tokenizer), gen_config,
                                   prompt_seed(seed, i))
-            local.append((i, sum(task.score(t, rows[i]) >= correct_threshold for t in texts)))
+            scores = torch.tensor([task.score(t, rows[i]) for t in texts], dtype=torch.float64)
+            local.append((i, int(is_correct(scores, correct_threshold).sum())))
     if was_training:
         model.train()
     if state.num_processes > 1:
@@ -95,19 +94,7 @@ def evaluate_passk(model, tokenizer, task, n: int = 16, temperature: float = 1.0
     by_index = dict(local)
     counts = [int(by_index[i]) for i in range(len(rows))]
     curve, _ = pass_at_k_curve(n, np.asarray(counts))
-    return PassKResult(n=n, counts=counts, curve=[float(v) for v in curve],
-                       difficulty=[r.get("difficulty", "all") for r in rows], seconds=time.perf_counter() - t0)
-
-
-def load_policy(path: str):
-    """``(model, tokenizer)`` from a model directory (or ``tiny-sft``: the cached warm-started tiny model)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if path == "tiny-sft":
-        from rlscope.train import tiny_sft_model
-
-        path = str(tiny_sft_model("chainsum", {"seed": 0}))
-    return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    return PassKResult(n=n, counts=counts, curve=[float(v) for v in curve], seconds=time.perf_counter() - t0)
 
 
 def passk_report(model, tokenizer, task_name: str, n: int, task_config: dict | None = None, **kw) -> dict:

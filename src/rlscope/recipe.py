@@ -5,32 +5,65 @@ A recipe key that no dataclass knows is an error naming the key (with the closes
 
 from __future__ import annotations
 
-import difflib
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from trl import ModelConfig, TrlParser
 
+from rlscope.registry import UnknownName, check_names
 from rlscope.trainers.dapo import DAPOConfig
 
 WARM_START = "warm_start"
+DEFAULT_PROBES = ["entropy", "cov", "behavior"]
 
 
-def schedule_names() -> tuple[str, ...]:
-    from rlscope.trainers.schedules import SCHEDULES as INTERLEAVE
+def schedule_names() -> list[str]:
+    from rlscope.trainers.schedules import SCHEDULES
 
-    return ("rl", WARM_START, *INTERLEAVE)
+    return ["rl", WARM_START, *SCHEDULES.names()]
+
+
+def _mapping(value, name: str) -> dict:
+    """A mapping field given in YAML (a dict) or on the command line (JSON)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{name} must be a mapping (YAML) or JSON, got {value!r}") from exc
+    if value is not None and not isinstance(value, dict):
+        raise ValueError(f"{name} must be a mapping, got {value!r}")
+    return dict(value or {})
 
 
 @dataclass
 class RunArguments:
-    """What rlscope adds to a recipe: the task, the run directory, the SFT warm start, held-out evaluation."""
+    r"""What rlscope adds to a recipe (every field is a recipe key and a command-line flag).
 
+    > Parameters that control the task and the run directory
+
+    task, task_config, runs_dir
+
+    > Parameters that control how SFT and RL share the run
+
+    schedule, schedule_config, interleave_sft_batch_size, sft_steps, sft_learning_rate, sft_batch_size
+
+    > Parameters that control held-out evaluation and the run store
+
+    eval_heldout, eval_samples, rollout_log_every
+
+    > Parameters that control the probes (``rlscope probes`` lists them, their options and default cadences)
+
+    probes, probe_every, probe_options
+    """
+
+    # Parameters that control the task and the run directory
     task: str = field(default="chainsum", metadata={"help": "Task name: chainsum, gsm8k, math."})
     task_config: dict | str | None = field(default=None, metadata={
         "help": "Task options (a YAML mapping, or JSON on the command line), e.g. {seed: 0, n_heldout: 64}."})
     runs_dir: str = field(default="runs", metadata={"help": "Parent directory of run directories."})
+
+    # Parameters that control how SFT and RL share the run
     schedule: str = field(default="rl", metadata={
         "help": "SFT-RL schedule: 'rl' (RL only), 'warm_start' (an SFT phase of `sft_steps` with TRL's SFTTrainer, "
                 "then RL from that checkpoint), or an interleaving schedule run inside one trainer: sft_then_rl, "
@@ -43,54 +76,33 @@ class RunArguments:
     sft_steps: int = field(default=0, metadata={"help": "SFT warm-start steps (schedule warm_start)."})
     sft_learning_rate: float = field(default=1e-3, metadata={"help": "SFT learning rate."})
     sft_batch_size: int = field(default=64, metadata={"help": "SFT batch size per device."})
+
+    # Parameters that control held-out evaluation and the run store
     eval_heldout: bool = field(default=True, metadata={
         "help": "Greedy held-out accuracy before and after RL (main process)."})
     eval_samples: int = field(default=8, metadata={
         "help": "Held-out sampled pass@1: samples per prompt at temperature 1 (0 = greedy only)."})
     rollout_log_every: int = field(default=1, metadata={"help": "Store rollouts every N steps (0 = never)."})
-    observatory: bool = field(default=True, metadata={
-        "help": "Token probes live (entropy, Cov(logp, A), behaviour) as rlscope/<family>/<stat>."})
-    observatory_probes: list[str] = field(default_factory=lambda: ["entropy", "cov", "behavior"], metadata={
-        "help": "Probe families the observatory runs."})
-    observatory_every: int = field(default=1, metadata={"help": "Probe cadence in optimizer steps."})
-    observatory_table_every: int = field(default=50, metadata={
-        "help": "W&B rollouts Table every N steps (0 = never)."})
-    passk_n: int = field(default=0, metadata={
-        "help": "pass@k during training: samples per held-out prompt (0 = off). The base curve is measured before "
-                "the first update."})
-    passk_every: int = field(default=0, metadata={
-        "help": "pass@k cadence in optimizer steps (0 = only before the first update and at the end)."})
-    passk_temperature: float = field(default=1.0, metadata={"help": "pass@k sampling temperature."})
-    passk_top_p: float = field(default=1.0, metadata={"help": "pass@k nucleus sampling top_p."})
-    passk_max_prompts: int | None = field(default=None, metadata={
-        "help": "pass@k on the first N held-out prompts (default: all)."})
-    weights_every: int = field(default=0, metadata={
-        "help": "Weight-update geometry (singular-subspace angles, singular-value change, rank-1 energy of W_t - W_0) "
-                "every N optimizer steps and at the end (0 = off)."})
-    weights_k: int = field(default=16, metadata={"help": "Weight geometry: top-k singular subspaces compared."})
-    observatory_dump_every: int = field(default=0, metadata={
-        "help": "Save each rank's per-token tensors every N steps under runs/<name>/tokens/ for offline "
-                "recomputation (0 = never)."})
+
+    # Parameters that control the probes
+    probes: list[str] = field(default_factory=lambda: list(DEFAULT_PROBES), metadata={
+        "help": "Probes that run, with their declared cadence (`rlscope probes` lists them): e.g. entropy cov "
+                "behavior passk weights grad; `none` for no probes. A probe named in probe_every or probe_options "
+                "runs too."})
+    probe_every: dict | str | None = field(default=None, metadata={
+        "help": "Cadence per probe (a YAML mapping, or JSON): N (every N optimizer steps, keeping the probe's "
+                "declared start/end runs), 'off', or parts like '50+end', 'start,end'; e.g. {passk: 50, weights: 25}."})
+    probe_options: dict | str | None = field(default=None, metadata={
+        "help": "Options per probe or source (a YAML mapping, or JSON), e.g. {passk: {n: 16, max_prompts: 64}, "
+                "weights: {k: 16}, tokens: {dump_every: 1, table_every: 50}}. pass@k samples from the run's task "
+                "and seed unless told otherwise."})
 
     def __post_init__(self):
-        if isinstance(self.task_config, str):
-            try:
-                self.task_config = json.loads(self.task_config) if self.task_config.strip() else {}
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"task_config must be a mapping (YAML) or JSON, got {self.task_config!r}") from exc
-        self.task_config = dict(self.task_config or {})
-        if isinstance(self.schedule_config, str):
-            try:
-                self.schedule_config = json.loads(self.schedule_config) if self.schedule_config.strip() else {}
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"schedule_config must be a mapping (YAML) or JSON, got {self.schedule_config!r}") \
-                    from exc
-        self.schedule_config = dict(self.schedule_config or {})
-        names = schedule_names()
-        if self.schedule not in names:
-            close = difflib.get_close_matches(self.schedule, names, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"unknown schedule {self.schedule!r}; known: {list(names)}{hint}")
+        self.task_config = _mapping(self.task_config, "task_config")
+        self.schedule_config = _mapping(self.schedule_config, "schedule_config")
+        self.probe_every = _mapping(self.probe_every, "probe_every")
+        self.probe_options = _mapping(self.probe_options, "probe_options")
+        check_names("schedule", [self.schedule], schedule_names())
         if self.schedule == WARM_START and self.sft_steps <= 0:
             raise ValueError("schedule warm_start needs sft_steps > 0")
         if self.schedule in ("rl", WARM_START) and self.schedule_config:
@@ -99,6 +111,31 @@ class RunArguments:
             from rlscope.trainers.schedules import get_schedule
 
             get_schedule(self.schedule, **self.schedule_config)  # unknown parameters are named here
+        if self.probes in (["none"], ["None"], "none"):
+            self.probes = []
+        from rlscope.callbacks.engine import plan
+
+        spec, sources = self.probe_spec()
+        plan(spec, sources=sources)  # unknown probes, options and cadences are named here
+
+    def probe_spec(self) -> tuple[dict[str, dict], dict[str, dict]]:
+        """``(probes, sources)`` for :func:`rlscope.attach`: ``{probe: {cadence, options}}`` and ``{source: options}``."""
+        from rlscope.callbacks.sources import SOURCES
+        from rlscope.probes import PROBES
+
+        names = list(dict.fromkeys([*self.probes, *self.probe_every,
+                                    *(k for k in self.probe_options if k in PROBES)]))
+        check_names("probe", names, PROBES.names())
+        spec = {name: dict(self.probe_options.get(name, {})) for name in names}
+        for name, cadence in self.probe_every.items():
+            spec[name]["cadence"] = cadence
+        sources = {}
+        for name, opts in self.probe_options.items():
+            if name not in PROBES:
+                check_names("probe or source", [name], [*PROBES.names(), *SOURCES.names()],
+                            where="in probe_options", plural="probes and sources")
+                sources[name] = dict(opts)
+        return spec, sources
 
 
 DATACLASSES = (RunArguments, DAPOConfig, ModelConfig)
@@ -120,12 +157,8 @@ def parse_recipe(argv: list[str] | None = None) -> tuple[RunArguments, DAPOConfi
         data = yaml.safe_load(path.read_text()) or {}
         if not isinstance(data, dict):
             raise ValueError(f"recipe {path} must be a YAML mapping")
-        unknown = sorted(set(data) - known_keys() - {"env"})
-        if unknown:
-            hints = []
-            for key in unknown:
-                close = difflib.get_close_matches(key, known_keys(), n=1)
-                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            raise ValueError(f"recipe {path}: unknown key(s) {', '.join(hints)}")
+        for key in sorted(set(data) - known_keys() - {"env"}):
+            raise UnknownName("recipe key", key, known_keys(), where=f"in {path}",
+                              listing="`rlscope train --help` lists them")
     parser = TrlParser(DATACLASSES, allow_abbrev=False)  # "--learning_rat" must not pass as "--learning_rate"
     return tuple(parser.parse_args_and_config(argv))

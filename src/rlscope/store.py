@@ -1,16 +1,8 @@
 """The run directory: one writer (:class:`RunWriter`), one reader (:class:`RunReader`).
 
-Layout of ``runs/<name>/``::
-
-    config.yaml        the resolved recipe (every field of every argument dataclass)
-    meta.json          versions, world size, seed, task, model, start time
-    metrics.jsonl      long format, one JSON object per line: {"step": int, "name": str, "value": float}
-    rollouts.jsonl     one object per completion: step, rank, prompt, completion, reward, advantage, length; ``step`` is
-                       the optimizer step at which the batch was generated (with steps_per_generation k, every k-th)
-    evals.jsonl        held-out evaluations: {"step", "phase", "name", "value"}
-    checkpoints/       trainer checkpoints (checkpoint-N/), resumable
-    models/            saved models (init/, sft/, final/)
-    wandb/             the W&B (offline) directory, when report_to includes wandb
+The layout of ``runs/<name>/`` is documented once, in the README ("The run directory"). Streams are JSON lines, one
+record per line: ``metrics`` (long format: step, name, value), ``rollouts``, ``evals``, and the record streams of
+probes (``passk``, ``weights``, ...: any ``<stream>.jsonl``).
 
 JSON lines are append-only and flushed per record, so a crash can corrupt at most the last (torn) line; the reader
 skips a torn last line. A run resumed from step S first drops the records of steps > S (those steps run again), so
@@ -22,11 +14,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Iterable
 
-STREAMS = ("metrics", "rollouts", "evals", "passk", "weights")
+STREAMS = ("metrics", "rollouts", "evals", "passk", "weights")  # the streams rlscope itself writes
+_STREAM_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 def _clean(value: Any) -> Any:
@@ -112,20 +106,18 @@ class RunWriter:
         self._append("evals", [{"step": int(step), "phase": phase, "name": k, "value": float(v)}
                                for k, v in values.items()])
 
-    def log_passk(self, step: int, kind: str, record: dict) -> None:
-        """One pass@k evaluation: ``kind`` "base" (before the first update, the reference) or "current"."""
-        self._append("passk", [{"step": int(step), "kind": kind, **record}])
-
-    def log_weights(self, step: int, per_matrix: dict[str, dict[str, float]]) -> None:
-        """Per-matrix weight-geometry statistics of one probe."""
-        self._append("weights", [{"step": int(step), "matrix": name, **stats} for name, stats in per_matrix.items()])
+    def log_records(self, stream: str, step: int, rows: list[dict]) -> None:
+        """Rows of a probe's record stream (``<stream>.jsonl``), each stored with ``step``."""
+        if not _STREAM_NAME.match(stream) or stream in ("metrics", "evals"):
+            raise ValueError(f"record stream {stream!r}: a lower-case name other than metrics and evals")
+        self._append(stream, [{"step": int(step), **row} for row in rows])
 
     def truncate_after(self, step: int) -> None:
-        """Drop stream records of steps > ``step`` (a resume from ``step`` will write them again)."""
+        """Drop stream records of steps > ``step`` (a resume from ``step`` will write them again); the held-out
+        evaluations (``evals``) stay."""
         self.close()
-        for stream in ("metrics", "rollouts", "passk", "weights"):
-            path = self.dir / f"{stream}.jsonl"
-            if not path.exists():
+        for path in sorted(self.dir.glob("*.jsonl")):
+            if path.stem == "evals":
                 continue
             keep = [r for r in _read_jsonl(path) if r.get("step", 0) <= step]
             tmp = path.with_suffix(".jsonl.tmp")
@@ -156,9 +148,14 @@ class RunReader:
         path = self.dir / "meta.json"
         return json.loads(path.read_text()) if path.exists() else {}
 
+    def streams(self) -> list[str]:
+        """rlscope's streams and any other ``<stream>.jsonl`` in the run directory."""
+        return sorted({*STREAMS, *(p.stem for p in self.dir.glob("*.jsonl") if _STREAM_NAME.match(p.stem))})
+
     def records(self, stream: str) -> list[dict]:
-        if stream not in STREAMS:
-            raise ValueError(f"unknown stream {stream!r}; streams: {STREAMS}")
+        from rlscope.registry import check_names
+
+        check_names("stream", [stream], self.streams(), where=f"in {self.dir}")
         return _read_jsonl(self.dir / f"{stream}.jsonl")
 
     def metrics(self):
@@ -177,11 +174,11 @@ class RunReader:
         return sorted({r["name"] for r in self.records("metrics")})
 
     def series(self, name: str) -> tuple[list[int], list[float]]:
-        """(steps, values) of one metric; a clear error for an unknown name."""
+        """(steps, values) of one metric; the usual error (closest name) for a metric the run does not have."""
+        from rlscope.registry import check_names
+
         table = self.metrics()
-        names = set(table.column("name").to_pylist())
-        if name not in names:
-            raise KeyError(f"metric {name!r} is not in {self.dir}; it has {sorted(names)}")
+        check_names("metric", [name], set(table.column("name").to_pylist()), where=f"in {self.dir}")
         rows = [(s, v) for s, n, v in zip(*(table.column(c).to_pylist() for c in ("step", "name", "value")))
                 if n == name]
         return [s for s, _ in rows], [v for _, v in rows]

@@ -5,8 +5,9 @@ helper for the training loss (inside ``_compute_loss``) but also for the old-pol
 ``_generate_and_score_completions``, under no_grad) and in evaluation. A :class:`TokenTap` wraps, on one trainer
 instance (no subclassing, no fork):
 
-* ``_compute_loss`` -- marks "inside a training loss" (only when the model is in train mode) and, after the loss,
-  files one :class:`TapRecord` with the micro-batch's completion ids, mask, advantages and rewards;
+* ``_compute_loss`` -- marks "inside a training loss" (only when the model is in train mode and the tap is
+  ``armed``: the engine arms it before the steps at which a token probe is due) and, after the loss, files one
+  :class:`TapRecord` with the micro-batch's completion ids, mask, advantages and rewards;
 * ``_get_per_token_logps_and_entropies`` -- keeps the (detached) log-probs and entropies of the first call made inside
   a training loss, i.e. the policy's own forward; every other call passes through unrecorded;
 * ``_calculate_rewards`` / ``_generate_and_score_completions`` -- attach each completion's per-function rewards to the
@@ -61,15 +62,16 @@ class TapRecord:
 class TokenTap:
     """Installs on one ``trl.GRPOTrainer`` (or subclass) instance; collects :class:`TapRecord` s until drained.
 
-    ``training_passes`` counts recorded forwards, ``helper_calls`` every call of TRL's log-prob helper (the test that
-    only training passes are recorded compares the two).
+    ``armed``: record the training passes (default True; the engine arms it only for due steps). ``training_passes``
+    counts recorded forwards, ``helper_calls`` every call of TRL's log-prob helper (the test that only training
+    passes are recorded compares the two).
     """
 
-    def __init__(self):
+    def __init__(self, armed: bool = True):
         self.records: list[TapRecord] = []
+        self.armed = armed
         self.training_passes = 0
         self.helper_calls = 0
-        self.trainer = None
         self._in_loss = False
         self._pending: tuple | None = None
         self._last_rewards: torch.Tensor | None = None
@@ -93,7 +95,7 @@ class TokenTap:
         tap = self
 
         def _compute_loss(model, inputs):
-            tap._in_loss = bool(trainer.model.training)  # evaluation's prediction_step is not recorded
+            tap._in_loss = tap.armed and bool(trainer.model.training)  # evaluation's prediction_step: not recorded
             tap._pending = None
             try:
                 loss = orig["_compute_loss"](model, inputs)
@@ -133,7 +135,6 @@ class TokenTap:
                          ("_generate_and_score_completions", _generate_and_score_completions)):
             setattr(trainer, name, fn)
         trainer._rlscope_tap = self
-        self.trainer = trainer
         return self
 
     def _record(self, inputs: dict, logps: torch.Tensor, entropies: torch.Tensor | None) -> None:

@@ -1,16 +1,22 @@
-"""The embedded default model: a small Qwen2 built from a config, with a character-level tokenizer.
+"""The embedded default model: a small Qwen2 built from a config, with a character-level tokenizer, and its cache.
 
 Nothing here touches a model hub. ``build_tiny(path)`` writes a ``save_pretrained`` directory that
 ``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained`` read back, so every code path
-that loads a real model (recipes, DeepSpeed ZeRO-3 init, offline evaluation) is exercised on it.
+that loads a real model (recipes, DeepSpeed ZeRO-3 init, offline evaluation) is exercised on it. Recipes name it
+``tiny``; ``tiny-sft`` is the same model after an SFT warm start on a task, built once per machine and cached under
+``$RLSCOPE_CACHE`` (:func:`tiny_sft_model`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import string
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+TINY_SFT = "tiny-sft"  # the embedded model after a cached SFT warm start
 
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<unk>", "<|user|>", "<|assistant|>"]
 # Every printable ASCII character is one token: the synthetic task uses digits, + - = # , and lower-case words;
@@ -117,3 +123,40 @@ def build_tiny(path: str | Path, spec: TinySpec = TinySpec()) -> Path:
 def is_tiny(name_or_path: str) -> bool:
     """The recipes name the embedded model ``tiny`` (built on demand inside the run directory)."""
     return name_or_path in ("tiny", "rlscope/tiny")
+
+
+def cache_dir() -> Path:
+    """Where built models are cached: ``$RLSCOPE_CACHE``, default ``~/.cache/rlscope``."""
+    return Path(os.environ.get("RLSCOPE_CACHE", Path.home() / ".cache" / "rlscope"))
+
+
+def tiny_sft_model(task_name: str = "chainsum", task_config: dict | None = None, steps: int = 300, lr: float = 1e-3,
+                   seed: int = 0) -> Path:
+    """The tiny model warm-started by ``steps`` SFT steps on the task, cached under :func:`cache_dir` (a file lock
+    keeps concurrent processes from building it twice)."""
+    from filelock import FileLock
+
+    from rlscope.tasks import chainsum, get_task
+    from rlscope.trainers.sft import run_sft
+
+    task_config = dict(task_config or {})
+    key = json.dumps({"task": task_name, "format": chainsum.FORMAT_VERSION, "cfg": task_config, "steps": steps,
+                      "lr": lr, "seed": seed, "spec": asdict(TinySpec())}, sort_keys=True)
+    path = cache_dir() / f"tiny-sft-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if not (path / "config.json").exists():
+            init = build_tiny(path.with_name(path.name + "-init"))
+            run_sft(str(init), get_task(task_name, **task_config), path, steps=steps, learning_rate=lr, seed=seed,
+                    disable_tqdm=True)
+    return path
+
+
+def load_policy(path: str):
+    """``(model, tokenizer)`` from a model directory (or hub id), or ``tiny-sft`` (the cached warm-started tiny
+    model)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if path == TINY_SFT:
+        path = str(tiny_sft_model("chainsum", {"seed": 0}))
+    return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)

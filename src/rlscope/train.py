@@ -1,13 +1,14 @@
 """Run a recipe: ``rlscope train --config recipes/X.yaml`` or ``accelerate launch -m rlscope.train --config ...``.
 
-Flow: resolve the model (the embedded ``tiny`` one is built inside the run), optional SFT warm start, held-out
-evaluation, DAPO/GRPO with dynamic sampling, held-out evaluation, final model. Everything lands in ``runs/<name>/``.
+:class:`RecipeRun` does it in named steps, each a method: set up the run directory, set up the model (the embedded
+``tiny`` one is built inside the run), the SFT warm start (schedule ``warm_start``), set up the trainer (DAPO, or the
+interleaving trainer for an SFT-RL schedule), attach the probes -- with ``rlscope.attach``, as any user would --,
+evaluate on the held-out split, train, save, evaluate again, summarize. Everything lands in ``runs/<name>/``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import platform
@@ -15,10 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from rlscope.recipe import RunArguments, parse_recipe
+from rlscope.recipe import WARM_START, RunArguments, parse_recipe
 from rlscope.store import RunWriter, now
-
-TINY_SFT = "tiny-sft"  # the embedded model after a cached SFT warm start (built once per machine)
 
 
 def _versions() -> dict[str, str]:
@@ -33,203 +32,212 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("RLSCOPE_CACHE", Path.home() / ".cache" / "rlscope"))
+class RecipeRun:
+    """One recipe end to end. ``callbacks`` join the RL trainer's (benchmarks time steps with them)."""
 
+    def __init__(self, run_args: RunArguments, cfg, model_args, quiet: bool = False, callbacks: tuple = ()):
+        self.run_args, self.cfg, self.model_args = run_args, cfg, model_args
+        self.quiet, self.callbacks = quiet, tuple(callbacks)
+        self.offset, self.phases, self.summary = 0, {}, {}
 
-def tiny_sft_model(task_name: str, task_config: dict, steps: int = 300, lr: float = 1e-3, seed: int = 0) -> Path:
-    """The tiny model warm-started by ``steps`` SFT steps on the task, cached under ``$RLSCOPE_CACHE``."""
-    from filelock import FileLock
+    def run(self) -> dict:
+        self.setup_run_dir()
+        self.setup_model()
+        self.warm_start()
+        self.setup_trainer()
+        self.attach_probes()
+        self.evaluate("before")
+        self.train()
+        self.save()
+        self.evaluate("after")
+        return self.summarize()
 
-    from rlscope.tasks import chainsum, get_task
-    from rlscope.tinymodel import TinySpec, build_tiny
-    from rlscope.trainers.sft import run_sft
+    # -- steps -------------------------------------------------------------------------------------------------------
+    def setup_run_dir(self) -> None:
+        """The run directory, W&B's environment, the resolved config and the start of ``meta.json``."""
+        from accelerate import PartialState
 
-    key = json.dumps({"task": task_name, "format": chainsum.FORMAT_VERSION, "cfg": task_config, "steps": steps,
-                      "lr": lr, "seed": seed,
-                      "spec": dataclasses.asdict(TinySpec())}, sort_keys=True)
-    path = cache_dir() / f"tiny-sft-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
-    with FileLock(str(path) + ".lock"):
-        if not (path / "config.json").exists():
-            init = build_tiny(path.with_name(path.name + "-init"))
-            run_sft(str(init), get_task(task_name, **task_config), path, steps=steps, learning_rate=lr, seed=seed,
-                    disable_tqdm=True)
-    return path
+        from rlscope.tasks import get_task
 
+        self.t0 = time.time()
+        cfg, run_args = self.cfg, self.run_args
+        cfg.run_name = cfg.run_name or "run"
+        self.run_dir = Path(run_args.runs_dir) / cfg.run_name
+        cfg.output_dir = str(self.run_dir / "checkpoints")
+        self._setup_wandb()
+        self.state = PartialState()
+        self.main = self.state.is_main_process
+        self.writer = RunWriter(self.run_dir)
+        self.task = get_task(run_args.task, **run_args.task_config)
+        if self.main:
+            self.writer.write_config({"run": dataclasses.asdict(run_args), "model": dataclasses.asdict(self.model_args),
+                                      "training": cfg.to_dict()})
+            self.writer.write_meta({"versions": _versions(), "world_size": self.state.num_processes, "seed": cfg.seed,
+                                    "task": run_args.task, "model": self.model_args.model_name_or_path,
+                                    "distributed_type": str(self.state.distributed_type), "started": now(),
+                                    "argv": sys.argv, "status": "running"})
 
-def _setup_wandb(cfg, run_dir: Path) -> None:
-    report = cfg.report_to if isinstance(cfg.report_to, list) else [cfg.report_to]
-    if "wandb" in report or "all" in report:
-        os.environ.setdefault("WANDB_DIR", str(run_dir))
-        os.environ.setdefault("WANDB_PROJECT", "rlscope")
-        if not os.environ.get("WANDB_API_KEY") and "WANDB_MODE" not in os.environ:
-            os.environ["WANDB_MODE"] = "offline"  # no credentials: files under runs/<name>/wandb
-        os.environ.setdefault("WANDB_SILENT", "true")
+    def _setup_wandb(self) -> None:
+        from rlscope.common import reports_to_wandb
 
+        if reports_to_wandb(self.cfg.report_to):
+            os.environ.setdefault("WANDB_DIR", str(self.run_dir))
+            os.environ.setdefault("WANDB_PROJECT", "rlscope")
+            if not os.environ.get("WANDB_API_KEY") and "WANDB_MODE" not in os.environ:
+                os.environ["WANDB_MODE"] = "offline"  # no credentials: files under runs/<name>/wandb
+            os.environ.setdefault("WANDB_SILENT", "true")
 
-def _is_zero3(cfg) -> bool:
-    from accelerate.state import AcceleratorState
+    def setup_model(self) -> None:
+        """Resolve the model: ``tiny`` is built into the run, ``tiny-sft`` comes from the cache, else a path/hub id."""
+        from rlscope.tinymodel import TINY_SFT, build_tiny, is_tiny, tiny_sft_model
 
-    state = AcceleratorState()
-    plugin = getattr(state, "deepspeed_plugin", None)
-    return bool(plugin is not None and plugin.zero_stage == 3)
+        name = self.model_args.model_name_or_path or "tiny"
+        with self.state.main_process_first():
+            if is_tiny(name):
+                self.model_path = str(self.run_dir / "models" / "init")
+                if self.main and not (Path(self.model_path) / "config.json").exists():
+                    build_tiny(self.model_path)
+            elif name == TINY_SFT:
+                self.model_path = str(tiny_sft_model(self.run_args.task, self.run_args.task_config))
+            else:
+                self.model_path = name
+
+    def warm_start(self) -> None:
+        """Schedule ``warm_start``: an SFT phase on steps 1..N of the run's axis (its metrics under ``sft/``); RL
+        continues from that checkpoint at N + 1. A resumed run reuses the phase's saved model."""
+        if self.run_args.schedule != WARM_START:
+            return
+        from rlscope.callbacks import attach
+        from rlscope.trainers.sft import run_sft
+
+        sft_dir = self.run_dir / "models" / "sft"
+        if not (self.cfg.resume_from_checkpoint and (sft_dir / "config.json").exists()):
+            run_sft(self.model_path, self.task, sft_dir, steps=self.run_args.sft_steps,
+                    learning_rate=self.run_args.sft_learning_rate, batch_size=self.run_args.sft_batch_size,
+                    seed=self.cfg.seed, use_cpu=self.cfg.use_cpu, disable_tqdm=self.quiet or self.cfg.disable_tqdm,
+                    on_trainer=lambda t: attach(t, self.run_dir, probes=(), log_prefix="sft/"))
+        self.model_path = str(sft_dir)
+        self.offset = self.run_args.sft_steps
+        self.phases["sft"] = [1, self.offset]
+
+    def setup_trainer(self) -> None:
+        """rlscope's DAPO trainer, or the interleaving trainer when the schedule mixes SFT into the run."""
+        from transformers import AutoTokenizer
+
+        from rlscope.trainers.dapo import DAPOTrainer
+
+        cfg, model_args, run_args = self.cfg, self.model_args, self.run_args
+        init_kwargs = dict(cfg.model_init_kwargs or {})
+        if model_args.dtype and model_args.dtype != "auto":
+            init_kwargs.setdefault("dtype", model_args.dtype)
+        if model_args.attn_implementation:
+            init_kwargs.setdefault("attn_implementation", model_args.attn_implementation)
+        cfg.model_init_kwargs = init_kwargs or None
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        train_ds = self.task.dataset("train")
+        self.task.check_columns(train_ds, "train")
+        trainer_cls, extra = DAPOTrainer, {}
+        if run_args.schedule not in ("rl", WARM_START):
+            from rlscope.trainers.interleave import InterleavedTrainer
+            from rlscope.trainers.schedules import get_schedule
+
+            trainer_cls = InterleavedTrainer
+            extra = dict(schedule=get_schedule(run_args.schedule, **run_args.schedule_config), task=self.task,
+                         sft_batch_size=run_args.interleave_sft_batch_size)
+        self.trainer = trainer_cls(model=self.model_path, reward_funcs=self.task.reward_funcs(), args=cfg,
+                                   train_dataset=train_ds, processing_class=self.tokenizer,
+                                   callbacks=list(self.callbacks), rollout_log_every=run_args.rollout_log_every,
+                                   step_offset=self.offset, **extra)
+
+    def attach_probes(self) -> None:
+        """``rlscope.attach`` with the recipe's probes; probes that sample use the run's task and seed by default."""
+        from rlscope.callbacks import attach
+        from rlscope.callbacks.sources import SOURCES
+        from rlscope.common import model_is_partitioned, zero_stage
+        from rlscope.probes import PROBES
+
+        spec, sources = self.run_args.probe_spec()
+        for name, opts in spec.items():
+            source_options = SOURCES.get(PROBES.get(name).source).options()
+            if "task" in source_options and "task" not in opts:
+                opts["task"] = self.task
+            if "seed" in source_options:
+                opts.setdefault("seed", self.cfg.seed)
+        self.obs = attach(self.trainer, self.run_dir, probes=spec, step_offset=self.offset, **sources)
+        self.trainer.run_store = self.obs.writer  # the trainer stores its rollouts through the same writer
+        if self.main:  # what the run really ran as (accelerate can quietly fall back from DeepSpeed)
+            self.writer.write_meta({"zero_stage": zero_stage(),
+                                    "params_partitioned": model_is_partitioned(self.trainer.model)})
+
+    def evaluate(self, when: str) -> None:
+        """Held-out accuracy (main process), stored as phase ``<when>_rl`` and summarised as ``heldout[_sampled]_<when>``;
+        skipped under ZeRO-3 (parameters are sharded)."""
+        from rlscope.common import zero_stage
+
+        if self.run_args.eval_heldout and zero_stage() != 3 and self.main:
+            from rlscope.evaluate import evaluate_task
+
+            step = self.offset + (self.trainer.state.global_step if when == "after" else 0)
+            result = evaluate_task(self.trainer.accelerator.unwrap_model(self.trainer.model), self.tokenizer,
+                                   self.task, n_samples=self.run_args.eval_samples, seed=self.cfg.seed)
+            self.writer.log_eval(step, f"{when}_rl", result.as_metrics("heldout"))
+            self.summary[f"heldout_{when}"] = result.accuracy
+            self.summary[f"heldout_sampled_{when}"] = result.sampled_accuracy
+            if when == "after":
+                self.summary["heldout_after_by_difficulty"] = result.by_difficulty
+        self.state.wait_for_everyone()
+
+    def train(self) -> None:
+        t = time.time()
+        self.trainer.train(resume_from_checkpoint=self.cfg.resume_from_checkpoint)
+        self.rl_seconds = time.time() - t
+        self.steps = self.trainer.state.global_step
+        self.phases["rl"] = [self.offset + 1, self.offset + self.steps]
+
+    def save(self) -> None:
+        final_dir = self.run_dir / "models" / "final"
+        self.trainer.save_model(str(final_dir))
+        if self.main:
+            self.tokenizer.save_pretrained(str(final_dir))
+
+    def summarize(self) -> dict:
+        """The summary dict (returned, and written to ``meta.json``); ends the process group of a distributed run."""
+        import torch
+
+        s, offset = self.summary, self.offset
+        s.update({"run_dir": str(self.run_dir), "world_size": self.state.num_processes})
+        if hasattr(self.trainer, "decisions"):  # interleaving: which steps were SFT / mixed (the analysis shades them)
+            s["schedule"] = {"name": self.run_args.schedule, "config": self.run_args.schedule_config,
+                             "sft_steps": [offset + st for st, k in self.trainer.decisions if k == "sft"],
+                             "mixed_steps": [offset + st for st, k in self.trainer.decisions if k == "mixed"]}
+        passk = self.obs.latest.get("passk")
+        if passk is not None:
+            record = passk[1]["record"].rows[0]
+            base = self.obs.state["passk"].get("bases", {}).get(record["n"])
+            if record["kind"] == "current" and base is not None:
+                n = record["n"]
+                s["passk"] = {"n": n, "prompts": len(record["counts"]), "base_pass@1": base["curve"][0],
+                              f"base_pass@{n}": base["curve"][-1], "final_pass@1": record["curve"][0],
+                              f"final_pass@{n}": record["curve"][-1], "crossover_k": record.get("crossover_k")}
+        weights = {k.split("/", 2)[-1]: v for k, v in self.obs.last.items()
+                   if k.startswith("rlscope/weights/") and "/kind/" not in k and "/layer/" not in k}
+        if weights:
+            s["weights_final"] = weights
+        s.update({"rl_steps": self.steps, "rl_seconds": self.rl_seconds,
+                  "rl_steps_per_second": self.steps / max(self.rl_seconds, 1e-9),
+                  "wall_seconds": time.time() - self.t0, "phases": self.phases})
+        if self.main:
+            self.writer.write_meta({"finished": now(), "status": "finished", "summary": s, "phases": self.phases})
+            self.writer.close()
+        self.state.wait_for_everyone()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()  # ZeRO-3 runs can abort at exit without it
+        return s
 
 
 def run(run_args: RunArguments, cfg, model_args, quiet: bool = False, callbacks: tuple = ()) -> dict:
-    """Execute one recipe; returns a summary dict (also written to meta.json). ``callbacks`` join the RL trainer's."""
-    import torch
-    from accelerate import PartialState
-    from transformers import AutoTokenizer
-
-    from rlscope.callbacks import RunStoreCallback
-    from rlscope.evaluate import evaluate_task
-    from rlscope.tasks import get_task
-    from rlscope.tinymodel import build_tiny, is_tiny
-    from rlscope.trainers.dapo import DAPOTrainer
-    from rlscope.trainers.sft import run_sft
-
-    t0 = time.time()
-    run_name = cfg.run_name or "run"
-    run_dir = Path(run_args.runs_dir) / run_name
-    cfg.output_dir = str(run_dir / "checkpoints")
-    cfg.run_name = run_name
-    _setup_wandb(cfg, run_dir)
-    state = PartialState()
-    main = state.is_main_process
-    writer = RunWriter(run_dir)
-    task = get_task(run_args.task, **run_args.task_config)
-
-    if main:
-        writer.write_config({"run": dataclasses.asdict(run_args), "model": dataclasses.asdict(model_args),
-                             "training": cfg.to_dict()})
-        writer.write_meta({"versions": _versions(), "world_size": state.num_processes, "seed": cfg.seed,
-                           "task": run_args.task, "model": model_args.model_name_or_path,
-                           "distributed_type": str(state.distributed_type), "started": now(),
-                           "argv": sys.argv, "status": "running"})
-
-    # -- the model -------------------------------------------------------------------------------------------------
-    name = model_args.model_name_or_path or "tiny"
-    with state.main_process_first():
-        if is_tiny(name):
-            model_path = str(run_dir / "models" / "init")
-            if main and not (Path(model_path) / "config.json").exists():
-                build_tiny(model_path)
-        elif name == TINY_SFT:
-            model_path = str(tiny_sft_model(run_args.task, run_args.task_config))
-        else:
-            model_path = name
-    offset, phases = 0, {}
-    if run_args.schedule == "warm_start":
-        sft_dir = run_dir / "models" / "sft"
-        model_path = str(run_sft(model_path, task, sft_dir, steps=run_args.sft_steps,
-                                 learning_rate=run_args.sft_learning_rate, batch_size=run_args.sft_batch_size,
-                                 seed=cfg.seed, writer=writer if main else None, use_cpu=cfg.use_cpu,
-                                 disable_tqdm=quiet or cfg.disable_tqdm))
-        offset = run_args.sft_steps
-        phases["sft"] = [1, offset]
-
-    init_kwargs = dict(cfg.model_init_kwargs or {})
-    if model_args.dtype and model_args.dtype != "auto":
-        init_kwargs.setdefault("dtype", model_args.dtype)
-    if model_args.attn_implementation:
-        init_kwargs.setdefault("attn_implementation", model_args.attn_implementation)
-    cfg.model_init_kwargs = init_kwargs or None
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    train_ds = task.dataset("train")
-    task.check_columns(train_ds, "train")
-    trainer_cls, extra = DAPOTrainer, {}
-    if run_args.schedule not in ("rl", "warm_start"):  # an interleaving schedule: one trainer for SFT and RL steps
-        from rlscope.trainers.interleave import InterleavedTrainer
-        from rlscope.trainers.schedules import get_schedule
-
-        trainer_cls = InterleavedTrainer
-        extra = dict(schedule=get_schedule(run_args.schedule, **run_args.schedule_config), task=task,
-                     sft_batch_size=run_args.interleave_sft_batch_size)
-    trainer = trainer_cls(model=model_path, reward_funcs=task.reward_funcs(), args=cfg, train_dataset=train_ds,
-                          processing_class=tokenizer, callbacks=[RunStoreCallback(writer, step_offset=offset), *callbacks],
-                          run_store=writer, rollout_log_every=run_args.rollout_log_every,
-                          step_offset=offset, **extra)
-    from rlscope.callbacks import attach
-
-    attached = attach(trainer, observatory=run_args.observatory, step_offset=offset,
-                      **(dict(probes=run_args.observatory_probes, every=run_args.observatory_every,
-                              table_every=run_args.observatory_table_every, dump_dir=run_dir / "tokens",
-                              dump_every=run_args.observatory_dump_every) if run_args.observatory else {}))
-    if run_args.passk_n > 0:
-        from rlscope.callbacks import PassKCallback
-
-        attached.passk = PassKCallback(task, n=run_args.passk_n, every=run_args.passk_every,
-                                       temperature=run_args.passk_temperature, top_p=run_args.passk_top_p,
-                                       seed=cfg.seed, max_prompts=run_args.passk_max_prompts,
-                                       writer=writer if main else None, step_offset=offset)
-        trainer.add_callback(attached.passk)
-    if run_args.weights_every > 0:
-        from rlscope.callbacks import WeightsCallback
-
-        attached.weights = WeightsCallback(every=run_args.weights_every, k=run_args.weights_k,
-                                           snapshot_dir=run_dir / "weights" / "w0", writer=writer if main else None,
-                                           step_offset=offset)
-        trainer.add_callback(attached.weights)
-    if main:
-        plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
-        first = next(trainer.model.parameters())
-        writer.write_meta({"zero_stage": plugin.zero_stage if plugin is not None else None,
-                           # under ZeRO-3 each rank holds a shard: DeepSpeed marks partitioned parameters
-                           "params_partitioned": bool(getattr(first, "ds_numel", None) is not None
-                                                      and first.numel() < first.ds_numel)})
-    evaluate = run_args.eval_heldout and not _is_zero3(cfg)
-    summary: dict = {"run_dir": str(run_dir), "world_size": state.num_processes}
-
-    def heldout(step: int, when: str):
-        """Held-out eval (main process): stored as phase ``<when>_rl``, summarised as ``heldout[_sampled]_<when>``."""
-        result = evaluate_task(trainer.accelerator.unwrap_model(trainer.model), tokenizer, task,
-                               n_samples=run_args.eval_samples, seed=cfg.seed)
-        writer.log_eval(step, f"{when}_rl", result.as_metrics("heldout"))
-        summary[f"heldout_{when}"] = result.accuracy
-        summary[f"heldout_sampled_{when}"] = result.sampled_accuracy
-        return result
-
-    if evaluate and main:
-        heldout(offset, "before")
-    state.wait_for_everyone()
-
-    t_rl = time.time()
-    trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
-    rl_seconds = time.time() - t_rl
-    steps = trainer.state.global_step
-    phases["rl"] = [offset + 1, offset + steps]
-    if hasattr(trainer, "decisions"):  # interleaving: which steps were SFT / mixed (the analysis shades them)
-        summary["schedule"] = {"name": run_args.schedule, "config": run_args.schedule_config,
-                               "sft_steps": [offset + s for s, k in trainer.decisions if k == "sft"],
-                               "mixed_steps": [offset + s for s, k in trainer.decisions if k == "mixed"]}
-    final_dir = run_dir / "models" / "final"
-    trainer.save_model(str(final_dir))
-    if main:
-        tokenizer.save_pretrained(str(final_dir))
-    if evaluate and main:
-        summary["heldout_after_by_difficulty"] = heldout(offset + steps, "after").by_difficulty
-    pk = attached.passk
-    if pk is not None and pk.base is not None and pk.history:
-        from rlscope.probes.passk import crossover_k
-
-        final = pk.history[-1][1]
-        summary["passk"] = {"n": pk.n, "prompts": len(final.counts),
-                            "base_pass@1": pk.base.at(1), f"base_pass@{pk.n}": pk.base.at(pk.n),
-                            "final_pass@1": final.at(1), f"final_pass@{pk.n}": final.at(pk.n),
-                            "crossover_k": crossover_k(pk.base.curve, final.curve)}
-    wc = attached.weights
-    if main and wc is not None and wc.last:
-        summary["weights_final"] = {k.split("/", 2)[-1]: v for k, v in wc.last.items()
-                                    if "/kind/" not in k and "/layer/" not in k}
-    summary.update({"rl_steps": steps, "rl_seconds": rl_seconds, "rl_steps_per_second": steps / max(rl_seconds, 1e-9),
-                    "wall_seconds": time.time() - t0, "phases": phases})
-    if main:
-        writer.write_meta({"finished": now(), "status": "finished", "summary": summary, "phases": phases})
-        writer.close()
-    state.wait_for_everyone()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()  # ZeRO-3 runs can abort at exit without it
-    return summary
+    """Execute one recipe; returns the summary dict (also written to meta.json)."""
+    return RecipeRun(run_args, cfg, model_args, quiet=quiet, callbacks=callbacks).run()
 
 
 def main(argv: list[str] | None = None) -> dict:

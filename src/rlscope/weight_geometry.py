@@ -1,7 +1,8 @@
 """Weight geometry plumbing: the W_0 snapshot, parameter gathering (DDP / ZeRO-3), offline checkpoints, rank-1 models.
 
-The statistics themselves are :func:`rlscope.probes.weights.matrix_geometry`; this module feeds it the same tensors
-live (from a training model) and offline (from saved checkpoints), so both give the same numbers.
+The statistics themselves are the registered probe :func:`rlscope.probes.weights.weight_geometry`; the live source
+(:mod:`rlscope.callbacks.sources.weights`) and :func:`offline_geometry` (saved checkpoints) feed it the same view, so
+both give the same numbers.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from typing import Iterator
 
 import torch
 
-from rlscope.probes.weights import DEFAULT_PATTERNS, TopSVD, aggregate, matrix_geometry, select_matrices, top_svd
+from rlscope.common import is_partitioned
+from rlscope.probes import scalars_of
+from rlscope.probes.weights import DEFAULT_PATTERNS, WeightView, select_matrices, top_svd, weight_geometry
 
 
 def _safe_name(name: str) -> str:
@@ -91,10 +94,6 @@ class Snapshot:
             return f.get_tensor("w")
 
 
-def is_zero3_param(p) -> bool:
-    return hasattr(p, "ds_id")
-
-
 def full_parameters(model, names: list[str], materialize: bool = True) -> Iterator[tuple[str, torch.Tensor | None]]:
     """(name, full tensor on CPU) for each name. Under DeepSpeed ZeRO-3 each parameter is gathered on its own
     (``GatheredParameters``, a collective: call on every rank); ``materialize=False`` takes part in the gathers
@@ -102,7 +101,7 @@ def full_parameters(model, names: list[str], materialize: bool = True) -> Iterat
     params = dict(model.named_parameters())
     for name in names:
         p = params[name]
-        if is_zero3_param(p):
+        if is_partitioned(p):
             import deepspeed
 
             with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
@@ -110,24 +109,6 @@ def full_parameters(model, names: list[str], materialize: bool = True) -> Iterat
         else:
             full = p.detach().to("cpu", copy=True) if materialize else None
         yield name, full
-
-
-class GeometryTracker:
-    """Per-matrix state across probes: W_0's top-k SVD (computed once) and dW's previous top singular vectors."""
-
-    def __init__(self, snapshot: Snapshot, k: int = 16, n_dw_sv: int = 4, exact_below: int = 1024):
-        self.snapshot, self.k, self.n_dw_sv, self.exact_below = snapshot, k, n_dw_sv, exact_below
-        self.svd0: dict[str, TopSVD] = {}
-        self.prev: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def probe_one(self, name: str, wt: torch.Tensor) -> dict[str, float]:
-        w0 = self.snapshot[name]
-        if name not in self.svd0:
-            self.svd0[name] = top_svd(w0, self.k, self.exact_below)
-        stats, direction = matrix_geometry(w0, wt, self.k, svd0=self.svd0[name], prev_dir=self.prev.get(name),
-                                           n_dw_sv=self.n_dw_sv, exact_below=self.exact_below)
-        self.prev[name] = direction
-        return stats
 
 
 def load_state(path: str | Path) -> dict[str, torch.Tensor]:
@@ -146,22 +127,23 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
 
 def offline_geometry(base: str | Path, checkpoints: list[str | Path], patterns=DEFAULT_PATTERNS, k: int = 16,
                      n_dw_sv: int = 4, exact_below: int = 1024) -> list[dict]:
-    """The live probe's numbers for saved checkpoints, in order (the direction cosine chains from one to the next)."""
+    """The live probe's numbers for saved checkpoints, in order (the direction cosine chains from one to the next):
+    per checkpoint ``{"checkpoint", "aggregate": {stat: value}, "per_matrix": {name: {stat: value}}}``."""
     w0 = load_state(base)
     names = select_matrices(list(w0), patterns)
     if not names:
         raise ValueError(f"no matrix of {base} matches {list(patterns)}; it has e.g. {list(w0)[:5]}")
-    snap = Snapshot()
-    snap.mem, snap.names = {n: w0[n] for n in names}, names
-    tracker = GeometryTracker(snap, k, n_dw_sv, exact_below)
+    state: dict = {}
     out = []
     for ckpt in checkpoints:
         wt = load_state(ckpt)
         missing = [n for n in names if n not in wt]
         if missing:
             raise KeyError(f"checkpoint {ckpt} lacks {missing[:3]}{'...' if len(missing) > 3 else ''}")
-        per = {n: tracker.probe_one(n, wt[n]) for n in names}
-        out.append({"checkpoint": str(ckpt), "aggregate": aggregate(per), "per_matrix": per})
+        result = weight_geometry(WeightView((n, w0[n], wt[n]) for n in names), state, k=k, n_dw_sv=n_dw_sv,
+                                 exact_below=exact_below)
+        per = {row["matrix"]: {key: v for key, v in row.items() if key != "matrix"} for row in result["per_matrix"].rows}
+        out.append({"checkpoint": str(ckpt), "aggregate": scalars_of(result), "per_matrix": per})
     return out
 
 

@@ -10,7 +10,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from rlscope.probes import get_probe
+from rlscope.probes import PROBES, get_probe, scalars_of
 from rlscope.probes.batch import concat, load_batch
 
 _NAME = re.compile(r"step(\d+)-rank(\d+)\.pt$")
@@ -33,10 +33,12 @@ def dumped_steps(directory) -> dict[int, list[Path]]:
     return out
 
 
-def recompute(directory, probes=("entropy", "cov", "behavior"), probe_options: dict | None = None
-              ) -> dict[int, dict[str, float]]:
-    """``{step: {"rlscope/<family>/<stat>": value}}`` for every dumped step (scalar outputs only)."""
+def recompute(directory, probes=None, probe_options: dict | None = None) -> dict[int, dict[str, float]]:
+    """``{step: {"rlscope/<probe>/<stat>": value}}`` for every dumped step (scalar outputs only); ``probes``:
+    default every registered probe of the ``tokens`` source."""
     options = probe_options or {}
+    if probes is None:
+        probes = [name for name, p in PROBES.items() if p.source == "tokens"]
     state: dict[str, dict] = defaultdict(dict)
     out: dict[int, dict[str, float]] = {}
     for step, files in dumped_steps(directory).items():
@@ -44,6 +46,6 @@ def recompute(directory, probes=("entropy", "cov", "behavior"), probe_options: d
         row = {}
         for name in probes:
             res = get_probe(name).fn(batch, state[name], **options.get(name, {}))
-            row.update({f"rlscope/{name}/{k}": float(v) for k, v in res.items() if not isinstance(v, tuple)})
+            row.update({f"rlscope/{name}/{k}": v for k, v in scalars_of(res).items()})
         out[step] = row
     return out

@@ -1,9 +1,7 @@
-"""Trainer callbacks: the run-store writer, the token :class:`Observatory`, pass@k, and :func:`attach`."""
+"""The probe engine and its wiring: :class:`Observatory` (cadence, step axis, publishing), the probe sources
+(:mod:`rlscope.callbacks.sources`), and :func:`attach`, the one way rlscope is added to a trainer."""
 
-from rlscope.callbacks.attach import Attachment, attach
-from rlscope.callbacks.observatory import Observatory
-from rlscope.callbacks.passk import PassKCallback
-from rlscope.callbacks.store import RunStoreCallback
-from rlscope.callbacks.weights import WeightsCallback
+from rlscope.callbacks.attach import attach
+from rlscope.callbacks.engine import Observatory
 
-__all__ = ["Attachment", "Observatory", "PassKCallback", "RunStoreCallback", "WeightsCallback", "attach"]
+__all__ = ["Observatory", "attach"]

@@ -1,72 +1,46 @@
-"""``rlscope.attach(trainer, ...)``: add rlscope to a trainer the user already has, in one line."""
+"""``rlscope.attach(trainer, ...)``: add rlscope to a trainer the user already has, in one line -- and the way rlscope's
+own recipes attach it too."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from rlscope.callbacks.engine import DEFAULT_PROBES, Observatory
+from rlscope.callbacks.sources import SOURCES
+from rlscope.probes import PROBES
+from rlscope.registry import UnknownName
 
 
-@dataclass
-class Attachment:
-    """What :func:`attach` added: the token observatory (GRPO trainers), the pass@k callback, the run-store writer."""
+def attach(trainer, run_dir=None, *, probes=None, step_offset: int = 0, log_prefix: str = "",
+           **families) -> Observatory:
+    """Attach the probe engine to ``trainer`` (a ``transformers.Trainer``: TRL's GRPOTrainer, SFTTrainer, a plain
+    Trainer) and return it.
 
-    observatory: object | None = None
-    passk: object | None = None
-    weights: object | None = None
-    writer: object | None = None
-
-
-def attach(trainer, run_dir=None, observatory: bool | None = None, passk: dict | None = None,
-           weights: dict | bool | None = None, step_offset: int = 0, **observatory_kwargs) -> Attachment:
-    """Attach rlscope to ``trainer`` (a ``transformers.Trainer``, e.g. TRL's GRPOTrainer or SFTTrainer).
-
-    * ``observatory`` (default: on for ``trl.GRPOTrainer`` and subclasses): token probes every step, see
-      :class:`~rlscope.callbacks.observatory.Observatory`; ``observatory_kwargs`` go to it. It is placed first among
-      the trainer's callbacks so that W&B and the run store see its metrics.
-    * ``passk``: options of :class:`~rlscope.callbacks.passk.PassKCallback`, e.g. ``{"task": "chainsum", "n": 16,
-      "every": 50}``; the base model's curve is measured before the first update.
-    * ``weights``: ``True`` or options of :class:`~rlscope.callbacks.weights.WeightsCallback`, e.g. ``{"every": 50,
-      "k": 16}``: weight-update geometry against W_0 (snapshotted before the first update, under ``run_dir``/weights/w0).
-    * ``run_dir``: write every trainer log (TRL's metrics and rlscope's) and the pass@k curves to an rlscope run store.
+    * ``probes``: the probes to run, names or ``{name: spec}`` (see :func:`rlscope.callbacks.engine.plan`); default:
+      the token probes (entropy, cov, behavior) on a ``trl.GRPOTrainer``, none on other trainers.
+    * ``**families``: per probe, add or configure it: ``passk={"task": "chainsum", "n": 16, "every": 50}``,
+      ``weights={"every": 50, "k": 16}``, ``grad=True``, ``cov=5`` (a cadence), ``entropy=False`` (off); per source,
+      its options: ``tokens={"dump_every": 10}``. ``rlscope probes`` lists every probe with its options.
+    * ``run_dir``: write every trainer log (TRL's metrics and rlscope's) and every probe result to an rlscope run
+      store at the run's step (``step_offset`` + the trainer's step); ``log_prefix`` prefixes the trainer's own logs.
     """
     from trl import GRPOTrainer
 
-    from rlscope.callbacks.store import RunStoreCallback
-    from rlscope.store import RunWriter
-
-    is_grpo = isinstance(trainer, GRPOTrainer)
-    if observatory is None:
-        observatory = is_grpo
-    if observatory and not is_grpo:
-        raise TypeError(f"the token observatory taps TRL's GRPOTrainer; {type(trainer).__name__} is not one "
-                        f"(use observatory=False, e.g. with passk=... for an SFTTrainer)")
-    if observatory_kwargs and not observatory:
-        raise TypeError(f"observatory options given but the observatory is off: {sorted(observatory_kwargs)}")
-    out = Attachment()
-    if run_dir is not None:
-        out.writer = RunWriter(run_dir)
-        if trainer.accelerator.is_main_process:
-            out.writer.write_meta({"attached_to": type(trainer).__name__,
-                                   "world_size": trainer.accelerator.num_processes, "seed": trainer.args.seed,
-                                   "status": "running"})
-        trainer.add_callback(RunStoreCallback(out.writer, step_offset=step_offset))
-    if observatory:
-        from rlscope.callbacks.observatory import Observatory
-
-        out.observatory = Observatory(step_offset=step_offset, **observatory_kwargs).bind(trainer)
-        trainer.callback_handler.callbacks.insert(0, out.observatory)
-    if passk:
-        from rlscope.callbacks.passk import PassKCallback
-
-        out.passk = PassKCallback(writer=out.writer, step_offset=step_offset, **passk)
-        trainer.add_callback(out.passk)
-    if weights:
-        from pathlib import Path
-
-        from rlscope.callbacks.weights import WeightsCallback
-
-        opts = dict(weights) if isinstance(weights, dict) else {}
-        if run_dir is not None:
-            opts.setdefault("snapshot_dir", Path(run_dir) / "weights" / "w0")
-        out.weights = WeightsCallback(writer=out.writer, step_offset=step_offset, **opts)
-        trainer.add_callback(out.weights)
-    return out
+    if probes is None:
+        probes = DEFAULT_PROBES if isinstance(trainer, GRPOTrainer) else ()
+    spec = {name: True for name in probes} if not isinstance(probes, dict) else dict(probes)
+    sources: dict[str, dict] = {}
+    for name, value in families.items():
+        if name in PROBES:
+            spec[name] = value
+        elif name in SOURCES:
+            sources[name] = dict(value)
+        else:
+            raise UnknownName("probe or source", name, [*PROBES.names(), *SOURCES.names()],
+                              plural="probes and sources")
+    obs = Observatory(spec, sources=sources, run_dir=run_dir, step_offset=step_offset, log_prefix=log_prefix)
+    obs.bind(trainer)
+    trainer.add_callback(obs)
+    if obs.writer is not None and trainer.accelerator.is_main_process:
+        obs.writer.write_meta({"attached_to": type(trainer).__name__, "world_size": trainer.accelerator.num_processes,
+                               "seed": trainer.args.seed, "probes": {n: str(r.cadence) for n, r in obs.runs.items()},
+                               "status": "running"})
+    return obs

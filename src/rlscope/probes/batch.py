@@ -8,13 +8,18 @@ the probe of the whole step.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 
 import torch
+
+from rlscope.common import pad_and_concat
 
 # Per-row fields (shape (N,)) and per-token fields (shape (N, T)); everything else is metadata.
 ROW_FIELDS = ("advantages", "rewards", "correct", "has_eos", "reflections", "repetition", "length")
 TOKEN_FIELDS = ("logps", "entropies", "mask", "completion_ids")
+# Per-row features computed from the decoded completion text (on the rank where the text is, before any gather):
+# the token source decodes only when a due probe reads one of them.
+TEXT_FIELDS = ("reflections", "repetition")
 _PAD = {"logps": 0.0, "entropies": 0.0, "mask": False, "completion_ids": 0}
 
 
@@ -63,27 +68,17 @@ class TokenBatch:
         return x.reshape(-1, 1).expand_as(self.mask)
 
 
-def _pad_to(t: torch.Tensor, width: int, value) -> torch.Tensor:
-    gap = width - t.shape[1]
-    if gap <= 0:
-        return t
-    return torch.cat([t, t.new_full((t.shape[0], gap), value)], dim=1)
-
-
 def concat(batches: list[TokenBatch]) -> TokenBatch:
     """Join batches along the rows, right-padding the token axis (fields missing in any batch are dropped)."""
     batches = [b for b in batches if b is not None and b.n_rows > 0] or batches[:1]
     if not batches:
         return TokenBatch()
-    width = max((b.mask.shape[1] for b in batches if b.mask is not None), default=0)
     out = {}
     for f in fields(TokenBatch):
         vals = [getattr(b, f.name) for b in batches]
         if any(v is None for v in vals):
             continue
-        if f.name in TOKEN_FIELDS:
-            vals = [_pad_to(v, width, _PAD[f.name]) for v in vals]
-        out[f.name] = torch.cat(vals, dim=0)
+        out[f.name] = pad_and_concat(vals, "right", _PAD[f.name]) if f.name in TOKEN_FIELDS else torch.cat(vals)
     return TokenBatch(**out)
 
 
@@ -122,7 +117,3 @@ def save_batch(batch: TokenBatch, directory, step: int, rank: int) -> None:
 
 def load_batch(path) -> TokenBatch:
     return TokenBatch(**torch.load(path, weights_only=True))
-
-
-def with_fields(batch: TokenBatch, **kw) -> TokenBatch:
-    return replace(batch, **kw)

@@ -16,6 +16,7 @@ from functools import lru_cache
 
 import torch
 
+from rlscope.cadence import Cadence
 from rlscope.probes import register
 from rlscope.probes.batch import TokenBatch
 
@@ -60,9 +61,14 @@ def _mean(x: torch.Tensor) -> float:
     return float(x.to(torch.float64).mean()) if x.numel() else math.nan
 
 
-@register("behavior", inputs=("length", "has_eos", "correct", "reflections", "repetition"), cost="cheap", every=1)
+@register("behavior", source="tokens", inputs=("length", "has_eos", "correct", "reflections", "repetition"),
+          outputs=("n_completions", "length_mean", "empty_share", "length_correct", "length_wrong", "clipped_share",
+                   "reflection_rate", "reflection_share", "repetition"),
+          cost="cheap", cadence=Cadence(every=1))
 def behavior_stats(batch: TokenBatch, state: dict) -> dict:
-    """``length_mean``, ``length_correct`` / ``length_wrong``, ``clipped_share`` (no EOS), ``empty_share``,
+    """Completion behaviour: length (by correctness), clipping, empty completions, reflection words, repetition.
+
+    Outputs: ``length_mean``, ``length_correct`` / ``length_wrong``, ``clipped_share`` (no EOS), ``empty_share``,
     ``reflection_rate`` (reflection words per completion), ``reflection_share`` (completions with at least one),
     ``repetition`` (mean n-gram repetition ratio), ``n_completions``. Missing inputs give NaN, never a crash."""
     n = batch.n_rows

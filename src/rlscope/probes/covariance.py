@@ -19,6 +19,7 @@ import math
 
 import torch
 
+from rlscope.cadence import Cadence
 from rlscope.probes import register
 from rlscope.probes.batch import TokenBatch
 
@@ -66,7 +67,9 @@ def random_subset(candidates: torch.Tensor, count: int, generator: torch.Generat
     return out
 
 
-@register("cov", inputs=("logps", "advantages", "mask"), cost="cheap", every=1)
+@register("cov", source="tokens", inputs=("logps", "advantages", "mask"),
+          outputs=("mean", "top_mean", "band_share", "corr", "logp_mean", "n_tokens", "nan_share", "zero_adv_var"),
+          cost="cheap", cadence=Cadence(every=1))
 def covariance_stats(batch: TokenBatch, state: dict, top_ratio: float = 0.002, band: tuple[float, float] = (1.0, 5.0)
                      ) -> dict:
     """Cov(logp, A) over all valid tokens: ``mean`` (the covariance), ``top_mean`` (mean of the top 0.2% cov_t),

@@ -15,18 +15,26 @@ import math
 import numpy as np
 import torch
 
-from rlscope.probes import register
+from rlscope.cadence import Cadence
+from rlscope.common import masked_mean
+from rlscope.probes import Histogram, register
 from rlscope.probes.batch import TokenBatch, quantile_sorted, valid_finite
 
 PERCENTILES = (10, 50, 90, 99)
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
-    v, _ = valid_finite(values, mask)
-    return float(v.mean()) if v.numel() else math.nan
+def restore_first_threshold(reader, state: dict) -> None:
+    """A resumed run keeps the threshold of its first probed step: the first stored ``rlscope/entropy/p80``."""
+    for rec in reader.records("metrics"):
+        if rec["name"] == "rlscope/entropy/p80" and rec["value"] is not None:
+            state.setdefault("first_p80", rec["value"])
+            return
 
 
-@register("entropy", inputs=("entropies", "mask", "correct"), cost="cheap", every=1)
+@register("entropy", source="tokens", inputs=("entropies", "mask", "correct"),
+          outputs=("mean", "p10", "p50", "p90", "p99", "top20_mean", "top20_share", "p80", "above_first_p80_share",
+                   "correct_mean", "wrong_mean", "n_tokens", "nan_share"), extras=("hist",),
+          cost="cheap", cadence=Cadence(every=1), restore=restore_first_threshold)
 def entropy_stats(batch: TokenBatch, state: dict, top_share: float = 0.2, hist_bins: int = 32) -> dict:
     """Token entropy: mean, percentiles, top-20% mean and entropy share, drift above the first step's p80, by correctness.
 
@@ -34,7 +42,7 @@ def entropy_stats(batch: TokenBatch, state: dict, top_share: float = 0.2, hist_b
     ceil(0.2 N) highest-entropy tokens), ``top20_share`` (their share of the summed entropy), ``p80`` (this step's
     80th percentile), ``above_first_p80_share`` (share of tokens above the p80 of the first probed step),
     ``correct_mean`` / ``wrong_mean`` (token-weighted, NaN when there is no such completion), ``n_tokens``,
-    ``nan_share`` (valid tokens whose entropy was NaN/inf: flagged and left out), ``hist`` (an np.histogram pair).
+    ``nan_share`` (valid tokens whose entropy was NaN/inf: flagged and left out), ``hist`` (a histogram, W&B only).
     """
     if not 0 < top_share <= 1:
         raise ValueError(f"entropy probe: top_share must be in (0, 1], got {top_share}")
@@ -62,7 +70,10 @@ def entropy_stats(batch: TokenBatch, state: dict, top_share: float = 0.2, hist_b
     out[f"above_first_p{pct}_share"] = float((vals > first).to(torch.float64).mean())
     if batch.correct is not None:
         c = batch.row_broadcast(batch.correct.bool())
-        out["correct_mean"] = _masked_mean(batch.entropies, batch.mask & c)
-        out["wrong_mean"] = _masked_mean(batch.entropies, batch.mask & ~c)
-    out["hist"] = np.histogram(vals.cpu().numpy(), bins=hist_bins)
+        out["correct_mean"] = masked_mean(batch.entropies, batch.mask & c)
+        out["wrong_mean"] = masked_mean(batch.entropies, batch.mask & ~c)
+    else:
+        out["correct_mean"] = out["wrong_mean"] = math.nan
+    counts, edges = np.histogram(vals.cpu().numpy(), bins=hist_bins)
+    out["hist"] = Histogram(counts.tolist(), edges.tolist())
     return out

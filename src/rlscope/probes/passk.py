@@ -7,11 +7,21 @@ product form 1 - prod_{i=n-c+1}^{n} (1 - k/i), here in log space for all k at on
 Reinforcement Learning Really Incentivize Reasoning Capacity in LLMs Beyond the Base Model?") compare the curves of
 the base and the RL model: RL wins at small k, the base model catches up and overtakes at large k; the smallest k at
 which base >= current is the crossover.
+
+The registered probe ``passk`` (source ``samples``) reads the correct-sample counts of one evaluation
+(:class:`SampleCounts`, produced live by :mod:`rlscope.callbacks.sources.samples` and offline by ``rlscope passk``):
+the evaluation before the first update is the *base* curve, remembered in the probe's state (and restored from the
+run store on resume); every later one is compared with it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+from rlscope.cadence import Cadence
+from rlscope.probes import Curves, Records, Table, register
 
 
 def _check(n: int, counts: np.ndarray, ks: np.ndarray) -> None:
@@ -59,3 +69,68 @@ def crossover_k(base_curve, current_curve, atol: float = 1e-12) -> int | None:
         raise ValueError(f"crossover: curves of different lengths ({base.size} vs {cur.size})")
     hits = np.nonzero(base >= cur - atol)[0]
     return int(hits[0]) + 1 if hits.size else None
+
+
+@dataclass
+class SampleCounts:
+    """One pass@k evaluation: ``n`` samples per prompt, ``counts[p]`` of them correct (prompts in the split's order).
+    ``kind``: "base" (before the first update: the reference) or "current"; ``seconds``: the evaluation's time."""
+
+    n: int
+    counts: list[int]
+    kind: str = "current"
+    seconds: float = 0.0
+
+
+def default_ks(n: int) -> list[int]:
+    """The k of the logged scalars: powers of two up to n."""
+    return [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if k <= n]
+
+
+def restore_base(reader, state: dict) -> None:
+    """A resumed run keeps its base curves (one per n) from ``passk.jsonl``."""
+    for rec in reader.records("passk"):
+        if rec.get("kind") == "base":
+            state.setdefault("bases", {}).setdefault(int(rec["n"]), rec)
+
+
+@register("passk", source="samples", inputs=("n", "counts", "kind", "seconds"),
+          outputs=("pass@<k>", "base_pass@<k>", "crossover_k", "crossover_found", "prompts"),
+          extras=("curve", "table", "record"),
+          cost="heavy", cadence=Cadence(every=50, at_start=True, at_end=True), restore=restore_base)
+def passk_stats(view: SampleCounts, state: dict, ks: list[int] | None = None) -> dict:
+    """Unbiased pass@k for k = 1..n (Chen et al. 2021), against the base model's curve (Yue et al. 2025).
+
+    Outputs: ``pass@K`` (current) or ``base_pass@K`` (the base evaluation itself) for the logged K (default powers of
+    two up to n); on a current evaluation also ``base_pass@K``, ``crossover_k`` (smallest k with base >= current;
+    left out when there is none) and ``crossover_found``; ``prompts``; ``record`` (the whole curve and the per-prompt
+    counts, to ``passk.jsonl``); ``curve`` and ``table`` (base vs current over k, W&B).
+    """
+    n = view.n
+    ks = default_ks(n) if ks is None else [int(k) for k in ks]
+    _check(n, np.zeros(0, dtype=np.int64), np.asarray(ks, dtype=np.int64))
+    curve, _ = pass_at_k_curve(n, view.counts)
+    curve = [float(v) for v in curve]
+    record = {"kind": view.kind, "n": n, "curve": curve, "counts": [int(c) for c in view.counts],
+              "seconds": view.seconds}
+    out: dict = {"prompts": float(len(view.counts))}
+    bases = state.setdefault("bases", {})
+    if view.kind == "base":
+        bases[n] = record
+        out.update({f"base_pass@{k}": curve[k - 1] for k in ks})
+        out["record"] = Records("passk", [record])
+        return out
+    out.update({f"pass@{k}": curve[k - 1] for k in ks})
+    base = bases.get(n)
+    if base is not None:
+        out.update({f"base_pass@{k}": base["curve"][k - 1] for k in ks})
+        cross = crossover_k(base["curve"], curve)
+        record["crossover_k"] = cross
+        out["crossover_found"] = float(cross is not None)
+        if cross is not None:
+            out["crossover_k"] = float(cross)
+        ks_all = list(range(1, n + 1))
+        out["curve"] = Curves(ks_all, {"base": base["curve"], "current": curve}, title="pass@k vs k", xname="k")
+        out["table"] = Table(["k", "base", "current"], [[k, b, c] for k, b, c in zip(ks_all, base["curve"], curve)])
+    out["record"] = Records("passk", [record])
+    return out

@@ -17,6 +17,11 @@ Per matrix (top-k subspaces):
 
 Exact SVD (``torch.linalg.svd``) for small matrices, randomized (``torch.svd_lowrank`` with oversampling and power
 iterations, Halko et al. 2011) for large ones.
+
+The registered probe ``weights`` (source ``weights``) reads a :class:`WeightView` -- the selected matrices with their
+W_0, streamed one at a time -- and remembers each matrix's top-k SVD of W_0 and dW's last top singular vectors in its
+state. Live, :mod:`rlscope.callbacks.sources.weights` builds the view from the training model (gathering ZeRO-3
+shards); offline, :func:`rlscope.weight_geometry.offline_geometry` builds it from saved checkpoints.
 """
 
 from __future__ import annotations
@@ -25,8 +30,12 @@ import fnmatch
 import math
 import re
 from dataclasses import dataclass
+from typing import Iterable
 
 import torch
+
+from rlscope.cadence import Cadence
+from rlscope.probes import Records, register
 
 DEFAULT_PATTERNS = ("*.q_proj.weight", "*.k_proj.weight", "*.v_proj.weight", "*.o_proj.weight",
                     "*.gate_proj.weight", "*.up_proj.weight", "*.down_proj.weight")
@@ -46,11 +55,12 @@ class TopSVD:
 
 def select_matrices(names, patterns=DEFAULT_PATTERNS) -> list[str]:
     """Parameter names matching any glob pattern (embeddings, lm_head and norms are not matched by the defaults)."""
-    out = [n for n in names if any(fnmatch.fnmatch(n, p) for p in patterns)]
-    return out
+    return [n for n in names if any(fnmatch.fnmatch(n, p) for p in patterns)]
 
 
 def kind_of(name: str) -> str:
+    """The matrix kind of a parameter name: q, k, v, o, gate, up, down; otherwise its module's name (e.g.
+    ``input_layernorm``, ``embed_tokens``)."""
     for key, kind in KINDS.items():
         if key in name:
             return kind
@@ -155,4 +165,39 @@ def aggregate(per_matrix: dict[str, dict[str, float]]) -> dict[str, float]:
         for key in rows[0] if rows else ():
             vals = [r[key] for r in rows if key in r and not math.isnan(r[key])]
             out[f"{prefix}{key}"] = sum(vals) / len(vals) if vals else math.nan
+    return out
+
+
+@dataclass
+class WeightView:
+    """The selected matrices at one probe, as ``(name, W_0, W_t)`` triples yielded one at a time (iterate once)."""
+
+    matrices: Iterable[tuple[str, torch.Tensor, torch.Tensor]]
+
+
+@register("weights", source="weights", inputs=("matrices",),
+          outputs=("angle_left_mean", "angle_left_max", "angle_right_mean", "angle_right_max", "sv_rel_change_mean",
+                   "sv_rel_change_max", "dw_rel_norm", "dw_sigma<i>", "dw_rank1_energy", "dw_stable_rank",
+                   "dw_dir_cos_left", "dw_dir_cos_right", "kind/<kind>/<stat>", "layer/<i>/<stat>", "n_matrices"),
+          extras=("per_matrix",),
+          cost="heavy", cadence=Cadence(every=50, at_end=True))
+def weight_geometry(view: WeightView, state: dict, k: int = 16, n_dw_sv: int = 4, exact_below: int = 1024) -> dict:
+    """Rotation vs scaling of the weights and the structure of dW = W_t - W_0, per matrix and aggregated.
+
+    Outputs: the per-matrix statistics of :func:`matrix_geometry` averaged over all matrices (``<stat>``), per kind
+    (``kind/<q>/<stat>``) and per layer (``layer/<i>/<stat>``, a few stats); ``n_matrices``; ``per_matrix`` (one row
+    per matrix, to ``weights.jsonl``). W_0's top-k SVD is computed once per matrix and kept in ``state``.
+    """
+    if k < 1:
+        raise ValueError(f"weights probe: k must be >= 1, got {k}")
+    svd0, prev = state.setdefault("svd0", {}), state.setdefault("prev", {})
+    per: dict[str, dict[str, float]] = {}
+    for name, w0, wt in view.matrices:
+        if name not in svd0:
+            svd0[name] = top_svd(w0, k, exact_below)
+        per[name], prev[name] = matrix_geometry(w0, wt, k, svd0=svd0[name], prev_dir=prev.get(name),
+                                                n_dw_sv=n_dw_sv, exact_below=exact_below)
+    out: dict = dict(aggregate(per))
+    out["n_matrices"] = float(len(per))
+    out["per_matrix"] = Records("weights", [{"matrix": name, **stats} for name, stats in per.items()])
     return out

@@ -1,31 +1,22 @@
-"""Verifiable tasks: the embedded synthetic ``chainsum`` and real ones (``gsm8k``, ``math``) via ``datasets``."""
+"""Verifiable tasks: the embedded synthetic ``chainsum`` and real ones (``gsm8k``, ``math``) via ``datasets``.
+
+A task file registers its class in :data:`TASKS` (``@TASKS.register("name")``); :func:`get_task` builds one by name
+and refuses unknown options with the usual message.
+"""
 
 from __future__ import annotations
 
-import difflib
-
+from rlscope.registry import Registry, check_names
 from rlscope.tasks.base import Task
 
-
-def _registry():
-    from rlscope.tasks.chainsum_task import ChainSumTask
-    from rlscope.tasks.math_tasks import GSM8KTask, MATHTask
-
-    return {"chainsum": ChainSumTask, "gsm8k": GSM8KTask, "math": MATHTask}
+TASKS: Registry[type[Task]] = Registry("task", package="rlscope.tasks")
 
 
-def task_names() -> list[str]:
-    return sorted(_registry())
+def get_task(name: str, **options) -> Task:
+    """Build the task called ``name`` with its options (e.g. ``get_task("chainsum", seed=0, n_heldout=256)``)."""
+    cls = TASKS.get(name)
+    check_names("option", sorted(options), cls.option_names(), where=f"of task {name!r}")
+    return cls(**options)
 
 
-def get_task(name: str, **kwargs) -> Task:
-    """Build a task by name; an unknown name raises with the closest known names."""
-    reg = _registry()
-    if name not in reg:
-        close = difflib.get_close_matches(name, reg, n=2)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown task {name!r}; known tasks: {sorted(reg)}{hint}")
-    return reg[name](**kwargs)
-
-
-__all__ = ["Task", "get_task", "task_names"]
+__all__ = ["TASKS", "Task", "get_task"]

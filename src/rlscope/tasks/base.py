@@ -5,6 +5,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Callable
 
+from rlscope.common import keyword_options
+
 
 class Task(ABC):
     """A verifiable task. ``rows(split)`` gives plain dict rows; ``reward_funcs()`` are TRL reward functions
@@ -14,6 +16,12 @@ class Task(ABC):
     max_completion_length: int = 64
     reward_columns: tuple[str, ...] = ()
     conversational: bool = False
+    extra_options: tuple[str, ...] = ()  # options taken through **kwargs of __init__
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        """The options a task of this class accepts (its constructor's keywords and ``extra_options``)."""
+        return sorted({*keyword_options(cls.__init__, skip=1), *cls.extra_options})
 
     @abstractmethod
     def rows(self, split: str) -> list[dict]:

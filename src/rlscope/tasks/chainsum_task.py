@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from functools import cached_property
 
-from rlscope.tasks import chainsum
+from rlscope.tasks import TASKS, chainsum
 from rlscope.tasks.base import Task
 
 
+@TASKS.register("chainsum")
 class ChainSumTask(Task):
     name = "chainsum"
     reward_columns = ("answer",)
+    extra_options = tuple(f.name for f in fields(chainsum.ChainSumSpec))  # the generator's spec
 
     def __init__(self, seed: int = 0, n_train: int = 20000, n_sft: int = 20000, n_heldout: int = 64,
                  max_completion_length: int = 96, **spec):

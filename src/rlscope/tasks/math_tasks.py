@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import cached_property
 
+from rlscope.tasks import TASKS
 from rlscope.tasks.base import Task
 
 SYSTEM_PROMPT = ("Please reason step by step, and put your final answer within \\boxed{}.")
@@ -32,7 +33,7 @@ class _MathTask(Task):
     question_column: str = ""
 
     def __init__(self, dataset_path: str | None = None, heldout_path: str | None = None, n_heldout: int = 500,
-                 max_completion_length: int = 1024, seed: int = 0, **_):
+                 max_completion_length: int = 1024, seed: int = 0):
         self.dataset_path, self.heldout_path = dataset_path, heldout_path
         self.n_heldout, self.max_completion_length, self.seed = n_heldout, max_completion_length, seed
 
@@ -77,6 +78,7 @@ class _MathTask(Task):
         return [accuracy_reward]
 
 
+@TASKS.register("gsm8k")
 class GSM8KTask(_MathTask):
     """GSM8K (Cobbe et al. 2021): the gold answer is the number after ``####``."""
 
@@ -88,6 +90,7 @@ class GSM8KTask(_MathTask):
         return "$" + row["answer"].split("####")[-1].strip().replace(",", "") + "$"
 
 
+@TASKS.register("math")
 class MATHTask(_MathTask):
     """MATH (Hendrycks et al. 2021): the gold solution carries its answer in ``\\boxed{}``."""
 

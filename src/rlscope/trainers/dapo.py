@@ -24,6 +24,8 @@ from typing import Any, Callable
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
+from rlscope.common import derive_seed, pad_and_concat, text_tokenizer
+
 # Tensors of TRL's rollout dict that dynamic sampling knows how to re-assemble, with their padding side and value
 # (``None`` = the tokenizer's pad id). Anything else in the dict (multimodal inputs) is refused with a clear error.
 _SEQ_KEYS = {
@@ -99,19 +101,6 @@ def _named_reward(func: Callable) -> Callable:
     return wrapper
 
 
-def pad_cat(tensors: list[torch.Tensor], side: str, value: float | int) -> torch.Tensor:
-    """Concatenate ``(B_i, T_i)`` tensors along the batch, padding the time axis on ``side`` to the longest."""
-    width = max(t.shape[1] for t in tensors)
-    out = []
-    for t in tensors:
-        gap = width - t.shape[1]
-        if gap:
-            pad = t.new_full((t.shape[0], gap), value)
-            t = torch.cat([pad, t] if side == "left" else [t, pad], dim=1)
-        out.append(t)
-    return torch.cat(out, dim=0)
-
-
 def group_keep_mask(rewards: torch.Tensor, num_generations: int) -> torch.Tensor:
     """Per-sample mask: True where the sample's group (``num_generations`` consecutive samples) has unequal rewards.
 
@@ -158,8 +147,9 @@ class DAPOTrainer(GRPOTrainer):
         self.step_offset = step_offset
         self.rollout_log_every = rollout_log_every
         self._last_rewards_per_func: torch.Tensor | None = None
-        self._refill_rng = random.Random(args.seed * 1_000_003 + self.accelerator.process_index)
-        self._cov_gen = torch.Generator().manual_seed(args.seed * 7_919 + self.accelerator.process_index)
+        rank = self.accelerator.process_index
+        self._refill_rng = random.Random(derive_seed(args.seed, "dynamic-sampling-refill", rank))
+        self._cov_gen = torch.Generator().manual_seed(derive_seed(args.seed, "clip-cov", rank))
         self.dynamic_sampling_stats: list[dict[str, float]] = []
         if getattr(args, "dynamic_sampling", False):
             local = args.per_device_train_batch_size * args.steps_per_generation
@@ -171,8 +161,7 @@ class DAPOTrainer(GRPOTrainer):
     @property
     def text_tokenizer(self):
         """The tokenizer itself (``processing_class`` may be a multimodal processor wrapping one)."""
-        pc = self.processing_class
-        return pc if hasattr(pc, "batch_decode") else pc.tokenizer
+        return text_tokenizer(self.processing_class)
 
     # -- rewards ---------------------------------------------------------------------------------------------------
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -325,8 +314,7 @@ class DAPOTrainer(GRPOTrainer):
 
     def _assemble(self, parts, n_local: int) -> dict[str, Any]:
         """Concatenate the kept rows of several rollout dicts into one batch of exactly ``n_local`` rows."""
-        pad_id = self.processing_class.pad_token_id if hasattr(self.processing_class, "pad_token_id") \
-            else self.processing_class.tokenizer.pad_token_id
+        pad_id = self.text_tokenizer.pad_token_id
         keys = set(parts[0][0])
         unknown = keys - set(_SEQ_KEYS) - _ROW_KEYS - {"num_items_in_batch"}
         if unknown:
@@ -339,7 +327,7 @@ class DAPOTrainer(GRPOTrainer):
                 out[key] = torch.cat(pieces, dim=0)[:n_local]
             else:
                 side, value = _SEQ_KEYS[key]
-                out[key] = pad_cat(pieces, side, pad_id if value is None else value)[:n_local]
+                out[key] = pad_and_concat(pieces, side, pad_id if value is None else value)[:n_local]
         loss_mask = out["completion_mask"] if "tool_mask" not in out else out["completion_mask"] * out["tool_mask"]
         out["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
         return out

@@ -1,7 +1,8 @@
 """One trainer for SFT-RL schedules: rlscope's DAPO trainer plus an SFT data source, steered by a Schedule.
 
 Every optimizer step the :class:`~rlscope.trainers.schedules.Schedule` decides the step's kind from the signals the
-trainer keeps (rolling accuracy and reward of the recent generations, per-prompt pass rates, last entropy):
+trainer keeps (rolling accuracy of the recent generations, held-out accuracy when the schedule asks for it) and the
+per-prompt pass rates it is shown; what else it needs it declares on ``Schedule`` (no type checks here):
 
 * ``rl``    -- TRL's GRPO/DAPO step, unchanged;
 * ``sft``   -- no generation: a batch of demonstrations (the task's SFT split, or ReLIFT's buffer of hard prompts with
@@ -22,9 +23,10 @@ from collections import deque
 
 import torch
 
+from rlscope.common import derive_seed, is_correct, model_is_partitioned
 from rlscope.trainers.dapo import DAPOTrainer
 from rlscope.trainers.mixed_losses import chord_phi_nll, demo_batch, demo_token_logps, hpt_loss, sft_nll
-from rlscope.trainers.schedules import Decision, HPTMix, ReLIFT, Schedule, Signals
+from rlscope.trainers.schedules import Decision, Schedule, Signals
 
 KIND_CODE = {"rl": 0.0, "sft": 1.0, "mixed": 2.0}
 
@@ -46,30 +48,26 @@ class InterleavedTrainer(DAPOTrainer):
         self.sft_batch_size = sft_batch_size
         self.correct_threshold = correct_threshold
         self._acc = deque(maxlen=accuracy_window)
-        self._reward = deque(maxlen=accuracy_window)
         self._pass_rate: dict[str, float] = {}
         self._rows_cache: list[dict] = []
         self._decision: Decision | None = None
         self._decision_step = -1
-        self._sft_rng = random.Random(self.args.seed * 7_907 + self.accelerator.process_index)
+        self._sft_rng = random.Random(derive_seed(self.args.seed, "sft-demos", self.accelerator.process_index))
         try:
             self._sft_rows = task.rows("sft")
         except (KeyError, ValueError):
             self._sft_rows = []  # no SFT split: demonstrations must come from Task.demonstration
         self.decisions: list[tuple[int, str]] = []
-        needs_demos = isinstance(schedule, (ReLIFT, HPTMix))
-        if needs_demos and task.demonstration(task.rows("train")[0]) is None:
+        if schedule.needs_demonstrations and task.demonstration(task.rows("train")[0]) is None:
             raise ValueError(f"schedule {schedule.name!r} learns from demonstrations of the RL prompts, but task "
                              f"{task.name!r} gives none (Task.demonstration returns None)")
 
     # -- signals -------------------------------------------------------------------------------------------------
     def _on_generation_batch(self, inputs, rewards_per_func) -> None:
         g = self.num_generations
-        correct = (torch.nan_to_num(rewards_per_func[:, 0], nan=-1.0) >= self.correct_threshold).float()
-        total = (rewards_per_func * self.reward_weights.to(rewards_per_func.device).unsqueeze(0)).nansum(dim=1)
+        correct = is_correct(rewards_per_func[:, 0], self.correct_threshold).float()
         rates = correct.view(-1, g).mean(dim=1)  # per prompt group, all ranks
         self._acc.append(float(correct.mean()))
-        self._reward.append(float(total.mean()))
         n_local, rank = len(inputs), self.accelerator.process_index
         local_groups: dict[int, dict] = {}
         for i, row in enumerate(inputs):
@@ -96,21 +94,15 @@ class InterleavedTrainer(DAPOTrainer):
         collective needed); skipped under ZeRO-3, where parameters are sharded."""
         from rlscope.evaluate import evaluate_task
 
-        if any(hasattr(p, "ds_id") for p in self.model.parameters()):
+        if model_is_partitioned(self.model):
             return None
-        model = self.accelerator.unwrap_model(self.model)
-        tok = self.text_tokenizer
-        acc = evaluate_task(model, tok, self.task).accuracy
+        acc = evaluate_task(self.accelerator.unwrap_model(self.model), self.text_tokenizer, self.task).accuracy
         self._metrics["train"]["rlscope/schedule/heldout_accuracy"].append(acc)
         return acc
 
     def _signals(self, step: int) -> Signals:
-        entropy = self._metrics["train"].get("entropy")
-        wants = getattr(self.schedule, "wants_heldout", None)
         return Signals(step=step, rolling_accuracy=sum(self._acc) / len(self._acc) if self._acc else None,
-                       rolling_reward=sum(self._reward) / len(self._reward) if self._reward else None,
-                       entropy=entropy[-1] if entropy else None,
-                       heldout_accuracy=self._heldout_accuracy() if wants is not None and wants(step) else None)
+                       heldout_accuracy=self._heldout_accuracy() if self.schedule.wants_heldout(step) else None)
 
     def _decide(self) -> Decision:
         step = self.state.global_step + 1
@@ -133,7 +125,7 @@ class InterleavedTrainer(DAPOTrainer):
     def _demo_rows(self, source: str, n: int) -> tuple[list[str], list[str]]:
         tok = self.text_tokenizer
         rows: list[tuple[dict, str]] = []
-        if source == "buffer" and isinstance(self.schedule, ReLIFT):
+        if source == "buffer":
             rows = [(r, self.task.demonstration(r)) for r in self.schedule.take_batch(n)]
         if len(rows) < n:  # the SFT split (or top-up when this rank's share of the buffer is short)
             if not self._sft_rows:
@@ -174,7 +166,7 @@ class InterleavedTrainer(DAPOTrainer):
         if decision.per_prompt:  # HPT
             rates = inputs["rlscope_pass_rate"]
             ids = inputs["rlscope_row_id"].tolist()
-            to_sft = [self.schedule.weights(float(r))[0] > 0 for r in rates]
+            to_sft = [self.schedule.prompt_weights(float(r))[0] > 0 for r in rates]
             rl_inputs = dict(inputs)
             rl_inputs["advantages"] = inputs["advantages"] * torch.tensor(
                 [0.0 if s else 1.0 for s in to_sft], device=inputs["advantages"].device)

@@ -2,19 +2,24 @@
 
 The survey (Hu et al., appendix C.1) groups SFT-RL integration into switching (sequential or interleaved) and fused
 losses. Every schedule here answers one question per optimizer step -- :meth:`Schedule.decide` -- from the
-:class:`Signals` the trainer gathers (step, rolling accuracy / reward of recent rollouts, per-prompt pass rates,
-entropy, held-out accuracy), and may keep state (a buffer). Decisions are logged (``rlscope/schedule/*``) so the
-analysis can shade SFT phases on every plot. Pick one by name in a recipe (``schedule: relift``,
-``schedule_config: {buffer_size: 8}``); an unknown name gets a did-you-mean error.
+:class:`Signals` the trainer gathers (step, rolling accuracy of recent rollouts, held-out accuracy) and the per-prompt
+pass rates it is shown (:meth:`Schedule.observe_groups`), and may keep state (a buffer). What a schedule needs from
+the trainer beyond that is declared on :class:`Schedule` (demonstrations, held-out checks, its own SFT rows, per-prompt
+weights). Decisions are logged (``rlscope/schedule/*``) so the analysis can shade SFT phases on every plot. Pick one
+by name in a recipe (``schedule: relift``, ``schedule_config: {buffer_size: 8}``); an unknown name or parameter gets
+the usual did-you-mean error.
 """
 
 from __future__ import annotations
 
-import difflib
-import inspect
 import math
 from collections import deque
 from dataclasses import dataclass
+
+from rlscope.common import keyword_options
+from rlscope.registry import Registry, check_names
+
+SCHEDULES: Registry[type["Schedule"]] = Registry("schedule")
 
 
 @dataclass
@@ -23,9 +28,7 @@ class Signals:
 
     step: int
     rolling_accuracy: float | None = None  # share of correct rollouts over the recent RL generations
-    rolling_reward: float | None = None
-    entropy: float | None = None  # mean token entropy of the last RL step
-    heldout_accuracy: float | None = None
+    heldout_accuracy: float | None = None  # measured only before steps for which the schedule wants_heldout
 
 
 @dataclass
@@ -41,28 +44,53 @@ class Decision:
     sft_source: str = "demos"
     per_prompt: bool = False
     token_weighting: str | None = None
-    reason: str = ""
+
+    @classmethod
+    def sft(cls, source: str = "demos") -> "Decision":
+        """A plain SFT step on demonstrations (``source`` "demos") or on the schedule's own rows ("buffer")."""
+        return cls("sft", sft_weight=1.0, rl_weight=0.0, sft_source=source)
 
 
 class Schedule:
-    """Base class. Subclasses implement :meth:`decide`; :meth:`observe_groups` receives every RL generation's prompt
-    groups (prompt row, share of correct samples) -- before dynamic sampling drops any."""
+    """Base class. Subclasses implement :meth:`decide`, and override the hooks below where they need them.
+
+    ``needs_demonstrations``: the schedule learns from demonstrations of the RL prompts (the trainer checks at
+    start that the task has them).
+    """
 
     name = "schedule"
+    needs_demonstrations = False
 
     def decide(self, signals: Signals) -> Decision:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def observe_groups(self, groups: list[tuple[dict | None, float]]) -> None:
-        """``groups``: (row or None when the row lives on another rank, pass rate) per prompt group."""
+        """Every RL generation's prompt groups, before dynamic sampling drops any: (row, or None when the row lives
+        on another rank; share of correct samples) per group."""
+
+    def wants_heldout(self, step: int) -> bool:
+        """Whether the trainer should measure held-out accuracy before ``step`` (into ``Signals.heldout_accuracy``)."""
+        return False
+
+    def take_batch(self, n: int) -> list[dict]:
+        """Up to ``n`` rows of the schedule's own (``sft_source="buffer"``) for an SFT step; they leave the schedule."""
+        return []
+
+    def prompt_weights(self, pass_rate: float) -> tuple[float, float]:
+        """(w_sft, w_rl) of one prompt with rollout pass rate ``pass_rate`` (decisions with ``per_prompt``)."""
+        return 0.0, 1.0
 
     def log_values(self) -> dict[str, float]:
         return {}
 
-    def uses_rl_generation(self, decision: Decision) -> bool:
-        return decision.kind != "sft"
+
+def schedule(cls: type[Schedule]) -> type[Schedule]:
+    """Class decorator: register a schedule under its ``name``."""
+    SCHEDULES.register(cls.name, cls)
+    return cls
 
 
+@schedule
 class SftThenRL(Schedule):
     """SFT for ``sft_steps`` steps -- or, with ``until_accuracy``, until the held-out accuracy reaches it -- then RL:
     the cold-start recipe of DeepSeek-R1 (DeepSeek-AI 2025, "DeepSeek-R1: Incentivizing Reasoning Capability in LLMs
@@ -77,7 +105,7 @@ class SftThenRL(Schedule):
         self.switched = False
 
     def wants_heldout(self, step: int) -> bool:
-        """Whether the trainer should measure held-out accuracy before ``step`` (every ``check_every`` SFT steps)."""
+        """Every ``check_every`` SFT steps while ``until_accuracy`` is set and the switch has not happened."""
         return self.until_accuracy is not None and not self.switched and step > 1 and (step - 1) % self.check_every == 0
 
     def decide(self, s: Signals) -> Decision:
@@ -86,11 +114,10 @@ class SftThenRL(Schedule):
                        and s.heldout_accuracy >= self.until_accuracy)
             if s.step > self.sft_steps or reached:
                 self.switched = True
-        if self.switched:
-            return Decision("rl")
-        return Decision("sft", sft_weight=1.0, rl_weight=0.0, reason="cold start")
+        return Decision("rl") if self.switched else Decision.sft()
 
 
+@schedule
 class Alternate(Schedule):
     """``rl_steps`` RL steps, then ``sft_steps`` SFT step(s), repeating (a fixed interleaving baseline)."""
 
@@ -103,11 +130,10 @@ class Alternate(Schedule):
 
     def decide(self, s: Signals) -> Decision:
         pos = (s.step - 1) % (self.rl_steps + self.sft_steps)
-        if pos < self.rl_steps:
-            return Decision("rl")
-        return Decision("sft", sft_weight=1.0, rl_weight=0.0, reason="alternate")
+        return Decision("rl") if pos < self.rl_steps else Decision.sft()
 
 
+@schedule
 class HeatOnLowAccuracy(Schedule):
     """Annealed-RLVR (Hu et al. 2025a, see the survey's appendix C.1): when the rolling accuracy of the rollouts falls
     below ``threshold``, ``heat_steps`` SFT "heating" step(s) disrupt the suboptimal state, then RL continues
@@ -128,15 +154,14 @@ class HeatOnLowAccuracy(Schedule):
     def decide(self, s: Signals) -> Decision:
         if self.heat_left > 0:
             self.heat_left -= 1
-            return Decision("sft", sft_weight=1.0, rl_weight=0.0, reason="heating")
+            return Decision.sft()
         low = s.rolling_accuracy is not None and s.rolling_accuracy < self.threshold
         ready = self.rl_steps >= self.min_rl_steps and (self.heats == 0 or self.rl_since_heat >= self.cooldown)
         if low and ready:
             self.heats += 1
             self.heat_left = self.heat_steps - 1
             self.rl_since_heat = 0
-            return Decision("sft", sft_weight=1.0, rl_weight=0.0,
-                            reason=f"accuracy {s.rolling_accuracy:.3f} < {self.threshold}")
+            return Decision.sft()
         self.rl_steps += 1
         self.rl_since_heat += 1
         return Decision("rl")
@@ -145,12 +170,14 @@ class HeatOnLowAccuracy(Schedule):
         return {"heats": float(self.heats)}
 
 
+@schedule
 class ReLIFT(Schedule):
     """ReLIFT (Ma et al. 2025, "Learning What Reinforcement Learning Can't: Interleaved Online Fine-Tuning for Hardest
     Questions"): prompts on which every rollout fails go to a buffer with their demonstration; when it holds
     ``buffer_size`` prompts, one SFT update on them, and the buffer empties."""
 
     name = "relift"
+    needs_demonstrations = True
 
     def __init__(self, buffer_size: int = 8, max_buffer: int = 1024):
         if buffer_size < 1:
@@ -171,17 +198,17 @@ class ReLIFT(Schedule):
         if self.global_count >= self.buffer_size:
             self.global_count = 0
             self.updates += 1
-            return Decision("sft", sft_weight=1.0, rl_weight=0.0, sft_source="buffer", reason="buffer full")
+            return Decision.sft("buffer")
         return Decision("rl")
 
     def take_batch(self, n: int) -> list[dict]:
-        out = [self.buffer.popleft() for _ in range(min(n, len(self.buffer)))]
-        return out
+        return [self.buffer.popleft() for _ in range(min(n, len(self.buffer)))]
 
     def log_values(self) -> dict[str, float]:
         return {"buffer_size": float(self.global_count), "sft_updates": float(self.updates)}
 
 
+@schedule
 class HPTMix(Schedule):
     """HPT (Lv et al. 2025, "Towards a Unified View of Large Language Model Post-Training"): loss = w_sft * SFT +
     w_rl * RL per prompt, the weights switched by that prompt's rollout accuracy: a prompt whose pass rate is at most
@@ -189,18 +216,19 @@ class HPTMix(Schedule):
     any other by RL (w_sft = 0, w_rl = 1)."""
 
     name = "hpt_mix"
+    needs_demonstrations = True
 
     def __init__(self, gamma: float = 0.0):
         self.gamma = gamma
 
     def decide(self, s: Signals) -> Decision:
-        return Decision("mixed", sft_weight=1.0, rl_weight=1.0, per_prompt=True, reason="hpt")
+        return Decision("mixed", sft_weight=1.0, rl_weight=1.0, per_prompt=True)
 
-    def weights(self, pass_rate: float) -> tuple[float, float]:
-        """(w_sft, w_rl) of one prompt."""
+    def prompt_weights(self, pass_rate: float) -> tuple[float, float]:
         return (1.0, 0.0) if pass_rate <= self.gamma else (0.0, 1.0)
 
 
+@schedule
 class ChordTokenWeight(Schedule):
     """CHORD (Zhang et al. 2025, "On-Policy RL Meets Off-Policy Experts: Harmonizing Supervised Fine-Tuning and
     Reinforcement Learning via Dynamic Weighting"): SFT as an auxiliary loss, L = (1 - mu) * RL + mu * SFT_phi, where
@@ -221,24 +249,12 @@ class ChordTokenWeight(Schedule):
 
     def decide(self, s: Signals) -> Decision:
         mu = self.mu(s.step)
-        return Decision("mixed", sft_weight=mu, rl_weight=1.0 - mu, token_weighting="p(1-p)", reason="chord")
-
-
-SCHEDULES: dict[str, type[Schedule]] = {c.name: c for c in (SftThenRL, Alternate, HeatOnLowAccuracy, ReLIFT, HPTMix,
-                                                              ChordTokenWeight)}
+        return Decision("mixed", sft_weight=mu, rl_weight=1.0 - mu, token_weighting="p(1-p)")
 
 
 def get_schedule(name: str, **config) -> Schedule:
-    """The schedule called ``name`` with its parameters; clear errors for unknown names and parameters."""
-    if name not in SCHEDULES:
-        close = difflib.get_close_matches(name, list(SCHEDULES), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown schedule {name!r}; schedules: {sorted(SCHEDULES)}.{hint}")
-    cls = SCHEDULES[name]
-    params = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    bad = sorted(set(config) - params)
-    if bad:
-        close = difflib.get_close_matches(bad[0], sorted(params), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"schedule {name!r} has no parameter {bad[0]!r}; parameters: {sorted(params)}.{hint}")
+    """The schedule called ``name`` with its parameters; the usual error for an unknown name or parameter."""
+    cls = SCHEDULES.get(name)
+    check_names("parameter", sorted(config), keyword_options(cls.__init__, skip=1),
+                where=f"of schedule {name!r}")
     return cls(**config)

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-from rlscope.callbacks import RunStoreCallback
+from typing import Callable
 
 
 def run_sft(model_path: str, task, output_dir: str | Path, steps: int, learning_rate: float = 1e-3,
-            batch_size: int = 64, warmup_steps: int = 10, seed: int = 0, writer=None, use_cpu: bool = True,
-            report_to: str | list[str] = "none", disable_tqdm: bool = False) -> Path:
+            batch_size: int = 64, warmup_steps: int = 10, seed: int = 0, use_cpu: bool = True,
+            report_to: str | list[str] = "none", disable_tqdm: bool = False,
+            on_trainer: Callable | None = None) -> Path:
     """Fine-tune ``model_path`` on ``task``'s ``sft`` split for ``steps`` optimizer steps; save to ``output_dir``.
 
-    Metrics go to ``writer`` (a :class:`rlscope.store.RunWriter`) as ``sft/<name>`` at steps 1..steps.
+    ``on_trainer(trainer)`` is called before training (the recipe runner attaches rlscope there, so the phase's
+    metrics reach the run store as ``sft/<name>`` at steps 1..steps).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
@@ -28,20 +29,12 @@ def run_sft(model_path: str, task, output_dir: str | Path, steps: int, learning_
                     logging_steps=10, use_cpu=use_cpu, bf16=False, report_to=report_to, save_strategy="no",
                     completion_only_loss=True, max_length=256, seed=seed, gradient_checkpointing=False,
                     disable_tqdm=disable_tqdm, dataloader_num_workers=0)
-    callbacks = [_PrefixedStore(writer)] if writer is not None else []
-    trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tokenizer, callbacks=callbacks)
+    trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tokenizer)
+    if on_trainer is not None:
+        on_trainer(trainer)
     trainer.train()
     if trainer.accelerator.is_main_process:
         trainer.save_model(str(output_dir))
         tokenizer.save_pretrained(str(output_dir))
     trainer.accelerator.wait_for_everyone()
     return output_dir
-
-
-class _PrefixedStore(RunStoreCallback):
-    """SFT-phase metrics under ``sft/`` (the SFT phase owns steps 1..N of the run's step axis)."""
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.is_world_process_zero and logs:
-            prefix = "sft/summary/" if "train_runtime" in logs else "sft/"
-            self.writer.log_metrics(state.global_step, {f"{prefix}{k}": v for k, v in logs.items()})

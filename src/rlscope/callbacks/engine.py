@@ -1,0 +1,272 @@
+"""The one probe engine: :class:`Observatory`, a ``TrainerCallback`` that runs every registered probe.
+
+What it owns, once for all probes (the way cockpit's quantities work: track -> should_compute -> compute -> save):
+
+* **cadence** -- each probe's :class:`~rlscope.cadence.Cadence` (its declared default, or the user's) decides when it
+  is due; the decision depends only on the step, so every rank makes the same one and collectives stay matched;
+* **sources** -- the probes that are due ask their source (:mod:`rlscope.callbacks.sources`) for its view: armed
+  before the step (``prepare``), collected after it (``collect``, a collective on every rank);
+* **the step axis** -- results are stored at the run's step: the trainer's step plus ``step_offset`` (an RL phase
+  after an N-step SFT warm start starts at N + 1);
+* **publishing** -- :class:`~rlscope.callbacks.publish.Publisher`: the run store, the trainer's logs, W&B;
+* **memory** -- each probe's ``state`` (restored from the store on a resumed run when the probe declares how),
+  ``history`` (every result's scalars), ``last`` (the latest value of every metric), ``latest`` (the latest whole
+  result of each probe);
+* **end of run** -- probes with ``at_end`` run once more after the last step (unless they just ran).
+
+Probe functions run on the main process only. ``rlscope.attach(trainer, ...)`` is the usual way in; an
+``Observatory`` can also be made directly, bound (``obs.bind(trainer)``) and added as a callback.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from rlscope.cadence import Cadence
+from rlscope.callbacks.publish import Publisher
+from rlscope.callbacks.sources import SOURCES, Context, Source
+from rlscope.common import reports_to_wandb
+from rlscope.probes import PROBES, Probe
+from rlscope.registry import UnknownName
+
+DEFAULT_PROBES = ("entropy", "cov", "behavior")
+CADENCE_KEYS = ("every", "at_start", "at_end", "cadence")
+
+
+@dataclass
+class ProbeRun:
+    """One enabled probe: its declaration, cadence and options, and the trainer step it last ran at."""
+
+    probe: Probe
+    cadence: Cadence
+    options: dict
+    last_step: int | None = None
+
+
+def _as_spec(probes) -> dict:
+    if probes is None:
+        return {name: True for name in DEFAULT_PROBES}
+    if isinstance(probes, str):
+        return {probes: True}
+    if isinstance(probes, dict):
+        return dict(probes)
+    return {name: True for name in probes}
+
+
+def plan(probes=None, every=None, options=None, sources=None) -> tuple[dict[str, ProbeRun], dict[str, dict]]:
+    """Enabled probes and the options of the sources they need, from the written forms users give.
+
+    ``probes``: names, or ``{name: spec}`` with spec True (declared defaults), False (off), a cadence (int or string,
+    see :class:`Cadence`) or a dict mixing cadence keys (``every``, ``at_start``, ``at_end``), the probe's options and
+    its source's options. ``every``: one cadence for all enabled probes, or ``{name: cadence}``. ``options``:
+    ``{name: {option: value}}`` (probe or source options). ``sources``: ``{source: {option: value}}``.
+    """
+    spec = _as_spec(probes)
+    every = {} if every is None else every
+    if not isinstance(every, dict):
+        every = {name: every for name in spec}
+    options = dict(options or {})
+    for what, given in (("cadence", every), ("options", options)):
+        stray = sorted(set(given) - set(spec))
+        if stray:
+            raise KeyError(f"{what} given for probes that are not enabled: {stray}; enabled: {sorted(spec)}")
+    runs: dict[str, ProbeRun] = {}
+    source_opts: dict[str, dict] = defaultdict(dict)
+    for name, value in spec.items():
+        probe = PROBES.get(name)
+        opts = dict(value) if isinstance(value, dict) else {}
+        cad = Cadence.parse(None if isinstance(value, dict) else value, probe.cadence)
+        opts.update(options.get(name, {}))
+        cad_given = {k: opts.pop(k) for k in CADENCE_KEYS if k in opts}
+        if "cadence" in cad_given:
+            cad = Cadence.parse(cad_given.pop("cadence"), probe.cadence)
+        if cad_given:
+            cad = Cadence.parse(cad_given, cad)
+        if name in every:
+            cad = Cadence.parse(every[name], cad)
+        if cad.off:
+            continue
+        source_cls = SOURCES.get(probe.source)
+        probe_opts = {k: opts.pop(k) for k in list(opts) if k in probe.options}
+        known = [*CADENCE_KEYS, *probe.options, *source_cls.options()]
+        for key, val in opts.items():
+            if key not in source_cls.options():
+                raise UnknownName("option", key, known, where=f"of probe {name!r}")
+            have = source_opts[probe.source]
+            if key in have and have[key] != val:
+                raise ValueError(f"source {probe.source!r}: option {key!r} given twice with different values "
+                                 f"({have[key]!r}, {val!r})")
+            have[key] = val
+        if probe.cost == "heavy" and cad.every == 1:
+            warnings.warn(f"rlscope: probe {name!r} is heavy and set to run every step; expect slower training "
+                          f"(e.g. every: 50)", stacklevel=2)
+        runs[name] = ProbeRun(probe, cad, probe_opts)
+    for src, opts in (sources or {}).items():
+        SOURCES.get(src)
+        if src not in {r.probe.source for r in runs.values()}:
+            raise ValueError(f"options given for source {src!r}, but none of its probes is enabled")
+        source_opts[src].update(opts)
+    for run in runs.values():
+        source_opts.setdefault(run.probe.source, {})
+    return runs, dict(source_opts)
+
+
+class Observatory(TrainerCallback):
+    """The probe engine (see the module docstring).
+
+    Args:
+        probes, every, options, sources: which probes run, when, and with what options (see :func:`plan`); default
+            the token probes (entropy, cov, behavior).
+        run_dir / writer: the rlscope run store to write (a directory, or a :class:`rlscope.store.RunWriter`);
+            None = no store (W&B and ``history`` only).
+        step_offset: where this trainer's step 0 lies on the run's step axis.
+        log_prefix: prefix of the trainer's own logs in the store (e.g. ``sft/`` for an SFT phase).
+    """
+
+    def __init__(self, probes=None, *, every=None, options=None, sources=None, run_dir=None, writer=None,
+                 step_offset: int = 0, log_prefix: str = ""):
+        self.runs, source_opts = plan(probes, every, options, sources)
+        self.sources: dict[str, Source] = {name: SOURCES.get(name).build(opts) for name, opts in source_opts.items()}
+        for run in self.runs.values():
+            self.sources[run.probe.source].check(run.probe.name, run.options)
+        if writer is None and run_dir is not None:
+            from rlscope.store import RunWriter
+
+            writer = RunWriter(run_dir)
+        self.writer = writer
+        self.run_dir = Path(run_dir) if run_dir is not None else (writer.dir if writer is not None else None)
+        self.publisher = Publisher(writer, log_prefix)
+        self.step_offset = step_offset
+        self.state: dict[str, dict] = defaultdict(dict)
+        self.history: list[tuple[int, str, dict[str, float]]] = []
+        self.last: dict[str, float] = {}
+        self.latest: dict[str, tuple[int, dict]] = {}
+        self.trainer = None
+
+    # -- wiring ------------------------------------------------------------------------------------------------
+    def bind(self, trainer) -> "Observatory":
+        """Bind to ``trainer`` (sources install their taps and hooks); add the engine as a callback afterwards."""
+        if self.trainer is not None:
+            raise RuntimeError("this Observatory is already bound to a trainer; make one per trainer")
+        self.trainer = trainer
+        self.publisher.report_wandb = reports_to_wandb(trainer.args.report_to)
+        for source in self.sources.values():
+            source.bind(trainer, self)
+        return self
+
+    @property
+    def _by_source(self) -> dict[str, list[ProbeRun]]:
+        out: dict[str, list[ProbeRun]] = defaultdict(list)
+        for run in self.runs.values():
+            out[run.probe.source].append(run)
+        return out
+
+    def _ctx(self, state, when: str, model, processing_class, trainer_step: int | None = None) -> Context:
+        ts = state.global_step if trainer_step is None else trainer_step
+        return Context(self.step_offset + ts, ts, when, model, processing_class, state.is_world_process_zero, self)
+
+    # -- trainer events ----------------------------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
+        if self.trainer is None:
+            raise RuntimeError("the Observatory is not bound to a trainer: use rlscope.attach(trainer, ...) (or "
+                               "obs.bind(trainer) before trainer.add_callback(obs))")
+        if state.is_world_process_zero:
+            self.publisher.begin(self.step_offset + state.global_step)
+        ctx = self._ctx(state, "start", model, processing_class)
+        for source in self.sources.values():
+            source.setup(ctx)
+        if state.global_step > 0:  # resumed: the start has passed; the probes' memory comes from the store
+            self._restore(state)
+        else:
+            self._run(ctx, lambda r: r.cadence.at_start)
+
+    def on_step_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
+        upcoming = state.global_step + 1
+        ctx = self._ctx(state, "step", model, processing_class, trainer_step=upcoming)
+        for name, runs in self._by_source.items():
+            due = [r.probe for r in runs if r.cadence.due(upcoming)]
+            if due or self.sources[name].wants(upcoming):
+                self.sources[name].prepare(ctx, due)
+
+    def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+        self._run(self._ctx(state, "step", model, processing_class), lambda r: r.cadence.due(state.global_step))
+
+    def on_train_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+        gs = state.global_step
+        self._run(self._ctx(state, "end", model, processing_class), lambda r: r.cadence.at_end and r.last_step != gs)
+        if state.is_world_process_zero:
+            self.publisher.close()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero:
+            self.publisher.trainer_logs(self.step_offset + state.global_step, logs or {})
+            self.publisher.flush()
+
+    # -- running probes ----------------------------------------------------------------------------------------
+    def _run(self, ctx: Context, is_due) -> None:
+        t0 = time.perf_counter()
+        engine: dict[str, float] = {}
+        for name, runs in self._by_source.items():
+            source = self.sources[name]
+            due = [r for r in runs if is_due(r)]
+            if not due and not (ctx.when == "step" and source.wants(ctx.trainer_step)):
+                continue
+            t1 = time.perf_counter()
+            view = source.collect(ctx, [r.probe for r in due])
+            for r in due:
+                r.last_step = ctx.trainer_step
+            if view is None or not ctx.is_main:
+                continue
+            engine[f"{name}_seconds"] = time.perf_counter() - t1
+            for r in due:
+                t2 = time.perf_counter()
+                result = dict(r.probe.fn(view, self.state[r.probe.name], **r.options))
+                result["seconds"] = time.perf_counter() - t2
+                scalars = self.publisher.probe_result(ctx.step, r.probe.name, result)
+                self.history.append((ctx.step, r.probe.name, scalars))
+                self.last.update(scalars)
+                self.latest[r.probe.name] = (ctx.step, result)
+        if engine:
+            engine["seconds"] = time.perf_counter() - t0
+            self.last.update(self.publisher.probe_result(ctx.step, "engine", engine))
+
+    def _restore(self, state) -> None:
+        if not state.is_world_process_zero or self.writer is None:
+            return
+        from rlscope.store import RunReader
+
+        reader = RunReader(self.writer.dir)
+        for run in self.runs.values():
+            if run.probe.restore is not None:
+                run.probe.restore(reader, self.state[run.probe.name])
+
+    def measure(self, model, tokenizer=None, step: int = 0, when: str = "step") -> dict[str, float]:
+        """Run every enabled probe now, outside a training loop, on ``model`` (single process): e.g. pass@k or weight
+        geometry of a loaded checkpoint. ``when="start"`` makes it the reference measurement (pass@k's base). Probes
+        whose source needs a running trainer (tokens, gradients) cannot be measured this way. Returns the scalars."""
+        blocked = sorted({r.probe.name for r in self.runs.values() if r.probe.source in ("tokens", "gradients")})
+        if blocked:
+            raise ValueError(f"probes {blocked} read a running trainer's step; measure() runs the others")
+        if when not in ("start", "step", "end"):
+            raise ValueError(f"measure: when must be 'start', 'step' or 'end', got {when!r}")
+        ctx = Context(self.step_offset + step, step, when, model, tokenizer, True, self)
+        if not getattr(self, "_measured_setup", False):
+            for source in self.sources.values():
+                source.engine = self
+                source.setup(ctx)
+            self._measured_setup = True
+        before = len(self.history)
+        self._run(ctx, lambda r: True)
+        return {k: v for _, _, scalars in self.history[before:] for k, v in scalars.items()}
+
+    # -- reading back ------------------------------------------------------------------------------------------
+    def series(self, name: str) -> tuple[list[int], list[float]]:
+        """(steps, values) of one metric measured in this process (main), e.g. ``rlscope/entropy/mean``."""
+        pairs = [(step, s[name]) for step, _, s in self.history if name in s]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
