@@ -258,7 +258,8 @@ class Observatory(TrainerCallback):
         ctx = Context(self.step_offset + step, step, when, model, tokenizer, True, self)
         if not getattr(self, "_measured_setup", False):
             for source in self.sources.values():
-                source.engine = self
+                if self.trainer is None:
+                    source.bind(None, self)  # the sources measure() allows need no trainer
                 source.setup(ctx)
             self._measured_setup = True
         before = len(self.history)
