@@ -46,6 +46,33 @@ def _read_jsonl(path: Path) -> list[dict]:
     return records
 
 
+def _read_table(path: Path, schema=None):
+    """A stream as a ``pyarrow.Table`` through pyarrow's (C++) JSON reader -- fast on millions of records -- with the
+    same rules as :func:`_read_jsonl`: a torn last line is left out; a corrupt line elsewhere is an error naming it."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.json as paj
+
+    empty = pa.table({f.name: pa.array([], f.type) for f in schema}) if schema is not None else pa.table({})
+    if not path.exists() or path.stat().st_size == 0:
+        return empty
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        whole = f.read(1) == b"\n"
+    source = path
+    if not whole:  # a crash mid-write leaves a last line without its newline: read what precedes it
+        data = path.read_bytes()
+        source = io.BytesIO(data[:data.rfind(b"\n") + 1])
+        if not source.getbuffer().nbytes:
+            return empty
+    options = paj.ParseOptions(explicit_schema=schema) if schema is not None else None
+    try:
+        return paj.read_json(source, read_options=paj.ReadOptions(block_size=16 << 20), parse_options=options)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.Table.from_pylist(_read_jsonl(path))  # the line-by-line reader names the corrupt line
+
+
 def _drop_torn_tail(path: Path) -> None:
     """A crash mid-write leaves a last line with no newline: cut it before appending after it."""
     if not path.exists() or path.stat().st_size == 0:
@@ -158,20 +185,29 @@ class RunReader:
         check_names("stream", [stream], self.streams(), where=f"in {self.dir}")
         return _read_jsonl(self.dir / f"{stream}.jsonl")
 
-    def metrics(self):
-        """Metrics as a ``pyarrow.Table`` (step, name, value), one row per (step, name): the last write wins."""
+    def metric_records(self):
+        """Every metric record as written, a ``pyarrow.Table`` (step, name, value; null for NaN), in file order --
+        for bulk readers that group and deduplicate themselves (:meth:`metrics` does it here)."""
         import pyarrow as pa
 
-        last: dict[tuple[int, str], float] = {}
-        for r in self.records("metrics"):
-            last[(r["step"], r["name"])] = r["value"]
-        items = sorted(last.items())
-        return pa.table({"step": [k[0] for k, _ in items], "name": [k[1] for k, _ in items],
-                         "value": [float("nan") if v is None else v for _, v in items]},
-                        schema=pa.schema([("step", pa.int64()), ("name", pa.string()), ("value", pa.float64())]))
+        schema = pa.schema([("step", pa.int64()), ("name", pa.string()), ("value", pa.float64())])
+        return _read_table(self.dir / "metrics.jsonl", schema)
+
+    def metrics(self):
+        """Metrics as a ``pyarrow.Table`` (step, name, value) sorted by step and name, one row per (step, name): the
+        last write wins; NaN for values stored as null."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        schema = pa.schema([("step", pa.int64()), ("name", pa.string()), ("value", pa.float64())])
+        table = self.metric_records()
+        table = table.group_by(["step", "name"], use_threads=False).aggregate([("value", "last")])
+        table = table.rename_columns(["step", "name", "value"]).select(["step", "name", "value"])
+        table = table.set_column(2, "value", pc.fill_null(table["value"], float("nan")))
+        return table.sort_by([("step", "ascending"), ("name", "ascending")]).cast(schema)
 
     def metric_names(self) -> list[str]:
-        return sorted({r["name"] for r in self.records("metrics")})
+        return sorted(set(self.metrics().column("name").to_pylist()))
 
     def series(self, name: str) -> tuple[list[int], list[float]]:
         """(steps, values) of one metric; the usual error (closest name) for a metric the run does not have."""
@@ -184,10 +220,8 @@ class RunReader:
         return [s for s, _ in rows], [v for _, v in rows]
 
     def rollouts(self):
-        import pyarrow as pa
-
-        rows = self.records("rollouts")
-        return pa.Table.from_pylist(rows) if rows else pa.table({})
+        """Rollouts as a ``pyarrow.Table`` (one row per completion)."""
+        return _read_table(self.dir / "rollouts.jsonl")
 
     def evals(self) -> list[dict]:
         return self.records("evals")
