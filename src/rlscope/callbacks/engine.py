@@ -228,13 +228,13 @@ class Observatory(TrainerCallback):
                 t2 = time.perf_counter()
                 result = dict(r.probe.fn(view, self.state[r.probe.name], **r.options))
                 result["seconds"] = time.perf_counter() - t2
-                scalars = self.publisher.probe_result(ctx.step, r.probe.name, result)
+                scalars = self.publisher.probe_result(ctx.step, r.probe.name, result, ctx.trainer_step)
                 self.history.append((ctx.step, r.probe.name, scalars))
                 self.last.update(scalars)
                 self.latest[r.probe.name] = (ctx.step, result)
         if engine:
             engine["seconds"] = time.perf_counter() - t0
-            self.last.update(self.publisher.probe_result(ctx.step, "engine", engine))
+            self.last.update(self.publisher.probe_result(ctx.step, "engine", engine, ctx.trainer_step))
 
     def _restore(self, state) -> None:
         if not state.is_world_process_zero or self.writer is None:

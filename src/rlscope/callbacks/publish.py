@@ -16,6 +16,7 @@ from rlscope.probes import Curves, Histogram, Records, Table
 
 LOG_STEP_KEY = "rlscope/step"  # the run's step, as rlscope logs it
 STEP_KEY = f"train/{LOG_STEP_KEY}"  # the W&B key (transformers' W&B callback prefixes trainer metrics with train/)
+TRAINER_STEP_KEY = "train/global_step"  # the trainer's own step (transformers' W&B axis), logged beside it
 
 
 class WandbQueue:
@@ -28,8 +29,8 @@ class WandbQueue:
         self._items: list[tuple[float, object]] = []
         self._axis = False
 
-    def put(self, step: float, payload_factory) -> None:
-        self._items.append((step, payload_factory))
+    def put(self, step: float, payload_factory, trainer_step: int | None = None) -> None:
+        self._items.append((step, payload_factory, trainer_step))
         self.flush()
 
     def flush(self) -> None:
@@ -46,9 +47,11 @@ class WandbQueue:
             wandb.define_metric(STEP_KEY)
             wandb.define_metric("train/rlscope/*", step_metric=STEP_KEY)
             self._axis = True
-        for step, factory in self._items:
+        for step, factory, trainer_step in self._items:
             payload = factory(wandb)
             payload[STEP_KEY] = step
+            if trainer_step is not None:  # both axes in one row: readers recover the run's offset from it
+                payload[TRAINER_STEP_KEY] = trainer_step
             wandb.log(payload)
         self._items.clear()
 
@@ -81,8 +84,9 @@ class Publisher:
         if self.writer is not None:
             self.writer.truncate_after(step)
 
-    def probe_result(self, step: int, name: str, result: dict) -> dict[str, float]:
-        """Publish one probe's result at ``step``; returns its scalars by full metric name."""
+    def probe_result(self, step: int, name: str, result: dict, trainer_step: int | None = None) -> dict[str, float]:
+        """Publish one probe's result at ``step`` (the run's step; ``trainer_step``: the trainer's, for W&B); returns
+        its scalars by full metric name."""
         scalars, media = {}, {}
         for key, value in result.items():
             full = f"rlscope/{name}/{key}"
@@ -98,14 +102,14 @@ class Publisher:
                                 f"Histogram, Curves, Table or Records")
         if self.writer is not None:
             self.writer.log_metrics(step, scalars)
-        self._to_wandb(step, {**scalars, **media})
+        self._to_wandb(step, {**scalars, **media}, trainer_step)
         return scalars
 
-    def media(self, step: int, key: str, value) -> None:
+    def media(self, step: int, key: str, value, trainer_step: int | None = None) -> None:
         """A W&B-only output (e.g. the rollouts Table) at ``step``."""
-        self._to_wandb(step, {key: value})
+        self._to_wandb(step, {key: value}, trainer_step)
 
-    def _to_wandb(self, step: int, items: dict) -> None:
+    def _to_wandb(self, step: int, items: dict, trainer_step: int | None = None) -> None:
         if not self.report_wandb or not items:
             return
 
@@ -115,7 +119,7 @@ class Publisher:
                 out.update(to_wandb(wandb, key, value))
             return out
 
-        self._wandb.put(step, payload)
+        self._wandb.put(step, payload, trainer_step)
 
     def trainer_logs(self, step: int, logs: dict) -> None:
         """One ``Trainer.log`` call (the end-of-training summary shares the last step: its names go under summary/)."""

@@ -164,4 +164,5 @@ class TokenSource(Source):
         rows = gather_object(rows)
         if ctx.is_main:
             columns = ["prompt", "completion", "reward", "advantage", "length", "entropy_mean", "logp_mean"]
-            ctx.engine.publisher.media(ctx.step, "rlscope/rollouts", Table(columns, rows[: self.table_rows]))
+            ctx.engine.publisher.media(ctx.step, "rlscope/rollouts", Table(columns, rows[: self.table_rows]),
+                                       ctx.trainer_step)
