@@ -1,0 +1,69 @@
+"""Readers: one file per log format, each turning a run into a :class:`~rlscope.analysis.frame.RunFrame`.
+
+A reader registers itself (``@READERS.register("csv")``) with ``detect(path) -> bool`` (cheap: a file name or the
+first kilobytes) and ``read(path) -> RunFrame``. :func:`read_run` picks the format from the path (or takes ``fmt``);
+an unknown format, and a file without a step axis, get one clear error naming the formats and the fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rlscope.analysis.frame import RunFrame
+from rlscope.registry import Registry
+
+
+class Reader:
+    """A log format: ``name``, ``describe`` (one line for messages and the README), ``detect``, ``read``."""
+
+    name = "reader"
+    describe = ""
+
+    def detect(self, path: Path) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def read(self, path: Path) -> RunFrame:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+READERS: Registry[Reader] = Registry("log format", package="rlscope.analysis.readers")
+
+
+def reader(cls: type[Reader]) -> type[Reader]:
+    """Class decorator: register one instance of a reader under its ``name``."""
+    READERS.register(cls.name, cls())
+    return cls
+
+
+class NoStepAxis(ValueError):
+    """A log that holds metrics but no training step to put them on."""
+
+
+# detection order: the most specific formats first (an rlscope run directory also holds a wandb/ directory)
+ORDER = ("rlscope", "wandb", "trainer_state", "tensorboard", "verl_log", "csv")
+
+
+def detect_format(path: str | Path) -> str:
+    if str(path).startswith("wandb://"):  # before Path(), which would fold the '//'
+        return "wandb_api"
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no run or log at {path}")
+    names = [*ORDER, *(n for n in READERS.names() if n not in ORDER)]
+    for name in names:
+        if READERS.get(name).detect(path):
+            return name
+    formats = "; ".join(f"{n}: {READERS.get(n).describe}" for n in names)
+    raise ValueError(f"cannot tell the log format of {path}. Known formats -- {formats}. If it is one of them, say "
+                     f"which with --format NAME; otherwise export the run as CSV (a step column and one column per "
+                     f"metric).")
+
+
+def read_run(path: str | Path, fmt: str | None = None) -> RunFrame:
+    """Read a run or log into a frame; ``fmt`` (a registered format name) skips detection."""
+    fmt = fmt or detect_format(path)
+    target = path if str(path).startswith("wandb://") else Path(path)
+    frame = READERS.get(fmt).read(target)
+    if not frame.raw:
+        raise NoStepAxis(f"{path} ({fmt}): no metric with a step was found")
+    return frame
