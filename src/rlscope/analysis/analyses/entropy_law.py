@@ -1,0 +1,111 @@
+"""The entropy-performance law R = -a exp(H) + b (Cui et al. 2025, "The Entropy Mechanism of Reinforcement Learning for
+Reasoning Language Models"), its ceiling and a forecast from an early prefix.
+
+Cui et al. find that, without entropy interventions, performance R and policy entropy H trade off as R = -a e^H + b:
+performance is bought with entropy, and when entropy is spent (H -> 0) performance tops out at b - a. They fit the
+first 36 steps of a run and predict the remaining ~200 at ~1% error.
+
+Pairs (H, R) per RL step: R is held-out accuracy when the run has at least 6 held-out points (H then the mean entropy
+of the training steps since the previous evaluation), else training accuracy, else reward. The law is linear in
+(a, b) given e^H, so it is an ordinary least-squares fit; intervals come from a moving-block bootstrap over the pairs
+in time order. The forecast fits the first ``prefix_share`` of the pairs (at least 6) and predicts the rest from their
+entropies; its RMSE is reported.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from rlscope.analysis import stats
+from rlscope.analysis.analyses import Skip, performance_series, register
+
+MIN_PAIRS = 8
+BOOTSTRAP = 500
+
+
+def pairs(frame) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
+    """``(target, steps, H, R)``: entropy and performance at the same RL steps (see the module docstring)."""
+    target, r_steps, r = performance_series(frame)
+    h_steps, h = frame.series("entropy")
+    if target is None or not len(h_steps):
+        return target, np.zeros(0), np.zeros(0), np.zeros(0)
+    if target == "heldout_accuracy":  # sparse evaluations: the entropy of the training steps since the previous one
+        out_s, out_h, out_r, prev = [], [], [], -math.inf
+        for s, v in zip(r_steps, r):
+            sel = (h_steps > prev) & (h_steps <= s)
+            if not sel.any():  # an evaluation before any training step (the base): the first entropy after it
+                sel = h_steps == h_steps[np.searchsorted(h_steps, s) if s < h_steps[-1] else -1]
+            out_s.append(s), out_h.append(float(h[sel].mean())), out_r.append(v)
+            prev = s
+        return target, np.asarray(out_s), np.asarray(out_h), np.asarray(out_r)
+    common, ih, ir = np.intersect1d(h_steps, r_steps, return_indices=True)
+    return target, common, h[ih], r[ir]
+
+
+def fit_law(h: np.ndarray, r: np.ndarray) -> tuple[float, float]:
+    """Least-squares (a, b) of R = -a exp(H) + b."""
+    design = np.column_stack([-np.exp(h), np.ones_like(h)])
+    (a, b), *_ = np.linalg.lstsq(design, r, rcond=None)
+    return float(a), float(b)
+
+
+def predict(h: np.ndarray, a: float, b: float) -> np.ndarray:
+    return b - a * np.exp(h)
+
+
+def law(frame, prefix_share: float = 0.2, seed: int = 0) -> dict:
+    """The fit, its bootstrap intervals and the prefix forecast, as a dict (used by ``ceiling`` as well)."""
+    target, steps, h, r = pairs(frame)
+    if target is None:
+        raise Skip("the run logs no performance (held-out accuracy, training accuracy or reward)")
+    if len(h) < MIN_PAIRS:
+        raise Skip(f"only {len(h)} steps have both entropy and {target}; the law needs at least {MIN_PAIRS}")
+    if float(np.ptp(h)) < 1e-6:
+        raise Skip("entropy does not change, so the law cannot be fitted")
+    a, b = fit_law(h, r)
+    resid = r - predict(h, a, b)
+    tss = float(((r - r.mean()) ** 2).sum())
+    r2 = 1 - float(resid @ resid) / tss if tss > 0 else math.nan
+    rng = np.random.default_rng(seed)
+    boot = []
+    for _ in range(BOOTSTRAP):
+        idx = stats.block_indices(len(h), rng)
+        if np.ptp(h[idx]) > 0:
+            boot.append(fit_law(h[idx], r[idx]))
+    boot = np.asarray(boot)
+    k = max(6, int(math.ceil(prefix_share * len(h))))
+    forecast = {"forecast_rmse": None, "forecast_mae": None, "forecast_prefix_steps": None, "forecast_points": 0}
+    if len(h) - k >= 3 and np.ptp(h[:k]) > 0:
+        pa, pb = fit_law(h[:k], r[:k])
+        err = r[k:] - predict(h[k:], pa, pb)
+        forecast = {"forecast_rmse": float(np.sqrt((err ** 2).mean())), "forecast_mae": float(np.abs(err).mean()),
+                    "forecast_prefix_steps": int(steps[k - 1]), "forecast_points": int(len(err)),
+                    "forecast_a": pa, "forecast_b": pb}
+    return {"target": target, "n_pairs": int(len(h)), "a": a, "a_ci": stats.percentile_ci(boot[:, 0]),
+            "b": b, "b_ci": stats.percentile_ci(boot[:, 1]), "r2": r2, "ceiling": b - a,
+            "ceiling_ci": stats.percentile_ci(boot[:, 1] - boot[:, 0]),
+            "entropy_start": float(h[0]), "entropy_end": float(h[-1]), **forecast}
+
+
+@register("entropy_law", requires=(("entropy",), ("heldout_accuracy", "train_accuracy", "reward")),
+          outputs=("a", "a_ci", "b", "b_ci", "r2", "ceiling", "ceiling_ci", "forecast_rmse", "forecast_mae",
+                   "forecast_prefix_steps", "target", "n_pairs"))
+def entropy_law(frame, prefix_share: float = 0.2, seed: int = 0) -> tuple[str, dict]:
+    """Fit R = -a exp(H) + b (Cui et al. 2025), the ceiling b - a at zero entropy, and a forecast from an early prefix."""
+    f = law(frame, prefix_share, seed)
+    follows = f["r2"] >= 0.5 and f["a_ci"][0] is not None and f["a_ci"][0] > 0
+    ci = f["ceiling_ci"]
+    head = (f"{f['target'].replace('_', ' ')} follows R = -a e^H + b (R^2 {f['r2']:.2f}; a = {f['a']:.3g}, "
+            f"b = {f['b']:.3g}): at zero entropy it tops out at b - a = {f['ceiling']:.3g} [{ci[0]:.3g}, {ci[1]:.3g}]"
+            if follows else
+            f"{f['target'].replace('_', ' ')} does not follow the entropy law well (R^2 {f['r2']:.2f}, "
+            f"a = {f['a']:.3g} [{_fmt(f['a_ci'][0])}, {_fmt(f['a_ci'][1])}])")
+    tail = (f"; fitted on the steps up to {f['forecast_prefix_steps']}, it predicts the remaining {f['forecast_points']} "
+            f"to RMSE {f['forecast_rmse']:.3g}." if f["forecast_rmse"] is not None else ".")
+    return head + tail, f
+
+
+def _fmt(v) -> str:
+    return "?" if v is None else f"{v:.3g}"

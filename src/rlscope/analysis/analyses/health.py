@@ -1,0 +1,363 @@
+"""Run health: the failure detectors log-health tools run (rldoctor's nine among them), with robust statistics.
+
+Each detector reads canonical metrics and gives a severity (ok, info, warn, crit) with its evidence, or says it cannot
+measure. Levels are medians of a window (the last quarter unless said), trends Theil-Sen slopes with Kendall's test
+(significant: p < 0.05 over >= 8 points). Thresholds follow common practice (and rldoctor's, so the two can be
+compared):
+
+* ``zero_advantage`` -- share of prompt groups with all-equal rewards (no gradient): >= 0.30 info, 0.50 warn, 0.75
+  crit; the accuracy level says whether the groups are all-correct (too easy) or all-wrong (too hard) (DAPO, Yu et
+  al. 2025);
+* ``entropy_collapse`` -- entropy at its floor (10% of the start), or projected there within a quarter of the run
+  (warn; crit when performance has stopped improving) or within the run's length (info / warn) (Cui et al. 2025);
+* ``reward_vs_heldout`` -- training reward rising while held-out accuracy does not (warn; crit when it falls): a
+  reward-hacking hint;
+* ``length`` -- truncation at the cap (clipped share >= 5% warn, >= 15% crit), length collapse (end < half the
+  start), and length growth >= 50% tracking the reward (Spearman >= 0.6) that held-out accuracy does not follow;
+* ``clip_saturation`` -- share of clipped tokens >= 0.10 info, 0.20 warn, 0.40 crit; one-sided clipping (lower >= 3x
+  upper, lower >= 2%) warn;
+* ``kl_drift`` -- KL >= 0.5 info, >= 2 warn (crit when performance stalls), accelerating (late slope > 1.5x early)
+  above 0.5 warn, pinned to the reference (max <= 1e-4 with a KL term) warn;
+* ``gradients`` -- non-finite norms crit, exactly-zero norms >= 20 / 40 / 70% of steps, vanishing (end <= 5% of the
+  start) warn, spikes (robust z > 8 and > 3x the median) 1-2 info, >= 3 warn;
+* ``reward_composition`` -- a reward component carrying >= 70% of the reward variance (MAD^2 shares) when it is an
+  auxiliary (format-like) reward warn, >= 90% crit; components with < 2% of it are dead (info; warn for a task reward);
+* ``plateau`` -- performance flat over the recent 35% (not rising, drift below the noise); warn when it has been flat
+  for 30%+ of the run (since its last significant rise, a level shift as in ``aha``) or is declining.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+from scipy import stats as sps
+
+from rlscope.analysis import stats
+from rlscope.analysis.analyses import performance_series, register
+
+LEVELS = ("ok", "info", "warn", "crit")
+AUX_HINTS = ("format", "tag", "xml", "json", "length", "lang", "style", "think", "overlong")
+
+
+def _tail(y, share=0.25):
+    return float(np.median(y[-max(3, int(round(len(y) * share))):]))
+
+
+def _head(y, share=0.10):
+    return float(np.median(y[:min(max(5, int(round(len(y) * share))), 25, len(y))]))
+
+
+def _sig(tr) -> int:
+    """+1 rising, -1 falling, 0 flat (Kendall p < 0.05 over >= 8 points)."""
+    if tr["p"] is None or tr["p"] >= 0.05:
+        return 0
+    return 1 if tr["slope"] > 0 else -1
+
+
+def _finding(level: str, title: str, evidence: list[str], **metrics) -> dict:
+    return {"severity": level, "title": title, "evidence": evidence, "metrics": metrics}
+
+
+def _worst(parts: list[tuple[str, str]], title: str, context: list[str], **metrics) -> dict:
+    """A finding from several sub-checks ``(level, evidence)``: the worst sets the severity and leads the evidence."""
+    parts = sorted(parts, key=lambda p: -LEVELS.index(p[0]))
+    level = parts[0][0] if parts else "ok"
+    return _finding(level, title, [text for lvl, text in parts if lvl != "ok"] + context, **metrics)
+
+
+def _grade(x: float, crit: float, warn: float, info: float = float("inf")) -> str:
+    """The severity of a share or ratio against its thresholds (higher is worse)."""
+    return "crit" if x >= crit else "warn" if x >= warn else "info" if x >= info else "ok"
+
+
+def zero_advantage(frame) -> dict | None:
+    s, v = frame.series("zero_std_share")
+    if len(s) < 2:
+        return None
+    f = _tail(v)
+    level = _grade(f, 0.75, 0.5, 0.3)
+    tr = stats.trend(s.astype(float), v) if len(s) >= 8 else {"slope": None, "p": None}
+    ev = [f"{f:.0%} of prompt groups had all-equal rewards over the last quarter: you pay {1 / max(1 - f, 1e-6):.1f} "
+          f"rollouts per rollout that carries gradient"]
+    if _sig(tr) > 0:
+        ev.append(f"and the share is rising ({tr['slope']:+.2e}/step, p {tr['p']:.1g})")
+    _, acc = frame.series("train_accuracy")
+    regime = None
+    if len(acc):
+        level_acc = _tail(acc)
+        regime = "all-correct (too easy)" if level_acc >= 0.85 else "all-wrong (too hard)" if level_acc <= 0.15 \
+            else "mixed"
+        ev.append(f"training accuracy {level_acc:.0%}: the degenerate groups are mostly {regime}")
+    return _finding(level, "Zero-advantage groups", ev, share=f, trend=tr["slope"], regime=regime)
+
+
+def entropy_collapse(frame) -> dict | None:
+    from rlscope.analysis.analyses import Skip
+    from rlscope.analysis.analyses.entropy_dynamics import entropy_dynamics
+
+    try:
+        _, d = entropy_dynamics(frame)
+    except Skip:
+        return None
+    rl = frame.rl_steps
+    span = max(int(rl[-1] - rl[0]), 1) if len(rl) else 1
+    improving = d["performance_improving"]
+    if d["end"] <= d["floor"]:
+        level = "warn" if improving else "crit"
+    elif d["steps_to_floor"] is None:
+        level = "ok"
+    elif d["steps_to_floor"] <= 0.25 * span:
+        level = "warn" if improving else "crit"
+    elif d["steps_to_floor"] <= span:
+        level = "info" if improving else "warn"
+    else:
+        level = "ok"
+    ev = [f"entropy {d['start']:.3g} -> {d['end']:.3g} ({d['change']:+.0%}); floor {d['floor']:.3g}"]
+    if d["steps_to_floor"] is not None:
+        ev.append(f"at the recent pace ({d['model']}) it reaches the floor in ~{d['steps_to_floor']} steps "
+                  f"(the run so far: {span})")
+    if d.get("cliff_step") is not None:
+        ev.append(f"abrupt drop at step {d['cliff_step']}: {d['cliff_from']:.3g} -> {d['cliff_to']:.3g}")
+    if improving is not None:
+        ev.append("performance is still improving" if improving else "performance is no longer improving")
+    return _finding(level, "Entropy collapse", ev, steps_to_floor=d["steps_to_floor"], end=d["end"],
+                    floor=d["floor"])
+
+
+def reward_vs_heldout(frame) -> dict | None:
+    es, ev_ = frame.series("heldout_accuracy")
+    rs, rv = frame.series("reward")
+    if len(es) < 4 or len(rs) < 8:
+        return None
+    tr_r = stats.trend(rs.astype(float), rv)  # on every reward point: its significance is well measured
+    tr_e = stats.trend(es.astype(float), ev_)
+    r_on_e = np.interp(es, rs, rv)
+    rho = float(sps.spearmanr(r_on_e, ev_).statistic) if np.ptp(r_on_e) and np.ptp(ev_) else math.nan
+    up_r = _sig(tr_r) > 0
+    evid = [f"training reward trend {tr_r['slope']:+.3g}/step (p {tr_r['p']:.2g}), held-out trend "
+            f"{tr_e['slope']:+.3g}/step over {len(es)} evaluations; rank correlation {rho:+.2f}"]
+    if len(es) >= 8:
+        dir_e = _sig(tr_e)
+        if up_r and dir_e < 0:
+            level = "crit"
+            evid.append("the reward rises while held-out accuracy falls significantly")
+        elif up_r and dir_e == 0:
+            level = "warn"
+            evid.append("the reward rises significantly; held-out accuracy shows no significant trend")
+        elif rho < 0:
+            level = "warn"
+            evid.append("reward and held-out accuracy move against each other")
+        else:
+            level = "ok"
+    else:  # too few evaluations to test a held-out trend: only a fall against a rising reward is worth a note
+        fell = ev_[-1] < ev_[0] and not (rho > 0)
+        level = "info" if up_r and fell else "ok"
+        evid.append(f"{len(es)} evaluations are too few to test the held-out trend (8 needed)"
+                    + ("; held-out accuracy ended below its start while the reward rose" if level == "info" else ""))
+    return _finding(level, "Reward vs held-out accuracy", evid, rho=rho, reward_slope=tr_r["slope"],
+                    heldout_slope=tr_e["slope"], evaluations=len(es))
+
+
+def length(frame) -> dict | None:
+    s, v = frame.series("response_length")
+    if len(s) < 8:
+        return None
+    l0, l1 = _head(v), _tail(v, 0.1)
+    growth = (l1 - l0) / l0 if l0 > 0 else math.nan
+    parts, context = [], [f"mean length {l0:.4g} -> {l1:.4g} ({growth:+.0%})"]
+    cs, cv = frame.series("clipped_ratio")
+    trunc = _tail(cv) if len(cs) >= 2 else None
+    if trunc is not None:
+        parts.append((_grade(trunc, 0.15, 0.05),
+                      f"{trunc:.1%} of completions hit the length cap (their reward measures the cap)"))
+    if growth <= -0.5:
+        parts.append(("warn", f"length collapsed to {l1 / l0:.0%} of its start"))
+    rs, rv = frame.series("reward")
+    if growth >= 0.5 and len(rs) >= 8:
+        rho = float(sps.spearmanr(v, np.interp(s, rs, rv)).statistic)
+        es, evv = frame.series("heldout_accuracy")
+        earned = None if len(es) < 4 else _sig(stats.trend(es.astype(float), evv)) > 0
+        if rho >= 0.6:
+            parts.append(("crit" if earned is False else "info",
+                          f"length grew {growth:+.0%} tracking the reward (rank correlation {rho:+.2f})"
+                          + ("" if earned is None else f"; held-out accuracy {'rises' if earned else 'does not'}")))
+    return _worst(parts, "Length (truncation, collapse, hacking)", context, growth=growth, truncation=trunc)
+
+
+def clip_saturation(frame) -> dict | None:
+    s, v = frame.series("clip_ratio")
+    if len(s) < 2:
+        return None
+    c = _tail(v)
+    level = _grade(c, 0.4, 0.2, 0.1)
+    ev = [f"{c:.1%} of tokens are clipped (median of the last quarter)"]
+    low = frame.series("clip_ratio/low_mean")[1] if frame.has("clip_ratio/low_mean") else \
+        frame.series("actor/pg_clipfrac_lower")[1]
+    high = frame.series("clip_ratio/high_mean")[1] if frame.has("clip_ratio/high_mean") else \
+        frame.series("actor/pg_clipfrac_higher")[1]
+    ratio = None
+    if len(low) >= 2 and len(high) >= 2:
+        lo, hi = _tail(low), _tail(high)
+        ratio = lo / max(hi, 1e-9)
+        ev.append(f"lower clip {lo:.1%}, upper clip {hi:.1%}")
+        if ratio >= 3 and lo >= 0.02:
+            level = max(level, "warn", key=LEVELS.index)
+            ev.append("one-sided clipping: consider clip-higher (DAPO's epsilon_high)")
+    return _finding(level, "Clip saturation", ev, clipped=c, asymmetry=ratio)
+
+
+def kl_drift(frame) -> dict | None:
+    s, v = frame.series("kl")
+    if len(s) < 8:
+        return None
+    if np.all(v == 0):
+        return _finding("ok", "KL drift", ["KL is exactly 0: no KL term (beta = 0)"], kl_now=0.0)
+    now, peak = _tail(v, 0.1), float(np.max(v))
+    mid = len(v) // 2
+    early = stats.trend(s[:mid].astype(float), v[:mid])["slope"] if mid >= 8 else 0.0
+    late = stats.trend(s[mid:].astype(float), v[mid:])["slope"] if len(v) - mid >= 8 else 0.0
+    accelerating = late > 0 and late > 1.5 * max(early, 0.0)
+    name, ps, pv = performance_series(frame)
+    stalled = len(ps) >= 6 and _sig(stats.trend(ps.astype(float), pv)) <= 0
+    if now >= 2 and stalled:
+        level = "crit"
+    elif now >= 2 or (accelerating and now >= 0.5):
+        level = "warn"
+    elif now >= 0.5:
+        level = "info"
+    elif peak <= 1e-4:
+        level = "warn"
+    else:
+        level = "ok"
+    ev = [f"KL now {now:.3g} (peak {peak:.3g}); slope early {early:+.2e}, late {late:+.2e}/step"]
+    if peak <= 1e-4:
+        ev.append("the policy is pinned to the reference (KL <= 1e-4)")
+    return _finding(level, "KL drift", ev, kl_now=now, kl_peak=peak, accelerating=accelerating)
+
+
+def gradients(frame) -> dict | None:
+    raw = frame.name_of("grad_norm")
+    if raw is None:
+        return None
+    _, v_all = frame.raw[raw]
+    nonfinite = int((~np.isfinite(v_all)).sum())
+    s, v = frame.series("grad_norm")
+    if len(s) < 8:
+        return None
+    parts = []
+    if nonfinite:
+        parts.append(("crit", f"{nonfinite} logged gradient norms are NaN/inf"))
+    zero = float((v == 0).mean())
+    if zero >= 0.2:
+        parts.append(("crit" if zero >= 0.7 else "warn" if zero >= 0.4 else "info",
+                      f"{zero:.0%} of logged steps have a gradient norm of exactly 0 (no update)"))
+    g0, g1 = _head(v), _tail(v, 0.1)
+    if g0 > 0 and g1 / g0 <= 0.05:
+        parts.append(("warn", f"the gradient norm vanished: {g0:.3g} -> {g1:.3g}"))
+    med = float(np.median(v))
+    mad = 1.4826 * float(np.median(np.abs(v - med)))
+    spikes = [int(i) for i in np.flatnonzero((v - med) / (mad or 1e-12) > 8) if v[i] > 3 * max(med, 1e-12)] \
+        if mad > 0 else []
+    if spikes:
+        worst = max(spikes, key=lambda i: v[i])
+        parts.append(("warn" if len(spikes) >= 3 else "info",
+                      f"{len(spikes)} spike(s) beyond 8 robust sigma at steps {[int(s[i]) for i in spikes][:6]}; the "
+                      f"largest {v[worst]:.3g} at step {s[worst]} ({v[worst] / max(med, 1e-12):.0f}x the median)"))
+    return _worst(parts, "Gradients", [f"gradient norm {g0:.3g} -> {g1:.3g} ({raw})"], spikes=len(spikes),
+                  zero_share=zero, nonfinite=nonfinite)
+
+
+COMPONENT = re.compile(r"^(?:eval_)?rewards?/(?P<name>[^/]+)(?:/mean)?$")
+
+
+def reward_composition(frame) -> dict | None:
+    comps = {}
+    for name in frame.raw:
+        m = COMPONENT.match(name)
+        if m and m.group("name") not in ("mean", "std", "max", "min", "total", "sum", "overall") \
+                and not name.startswith("eval"):
+            s, v = frame.series(name)
+            if len(s) >= 4:
+                comps[m.group("name")] = v
+    if len(comps) < 2:
+        return None
+
+    def shares(part):
+        spread = {k: (1.4826 * float(np.median(np.abs(x - np.median(x))))) ** 2 for k, x in part.items()}
+        total = sum(spread.values())
+        return {k: (v / total if total > 0 else 1 / len(spread)) for k, v in spread.items()}
+
+    recent = shares({k: v[len(v) // 2:] for k, v in comps.items()})
+    top = max(recent, key=recent.get)
+    aux = any(h in top.lower() for h in AUX_HINTS)
+    dead = [k for k, v in recent.items() if v < 0.02]
+    level = "ok"
+    if recent[top] >= 0.9:
+        level = "crit" if aux else "info"
+    elif recent[top] >= 0.7 and aux:
+        level = "warn"
+    if dead:
+        task_dead = [k for k in dead if not any(h in k.lower() for h in AUX_HINTS)]
+        level = max(level, "warn" if task_dead else "info", key=LEVELS.index)
+    n_obs = min(len(v) for v in comps.values())
+    if LEVELS.index(level) > 1 and n_obs < 150:
+        level = "info"  # too few observations for a stronger verdict
+    ev = ["share of the reward variance: " + ", ".join(f"{k} {v:.0%}" for k, v in sorted(recent.items(),
+                                                                                        key=lambda kv: -kv[1]))]
+    if dead:
+        ev.append(f"constant components (no gradient signal): {', '.join(dead)}")
+    return _finding(level, "Reward composition", ev, shares=recent, dominant=top, dead=dead)
+
+
+def plateau(frame) -> dict | None:
+    name, s, v = performance_series(frame, min_heldout=12)
+    if len(s) < 12:
+        return None
+    window = min(max(int(0.35 * len(v)), 12), len(v))
+    rs, rv = s[-window:].astype(float), v[-window:]
+    tr = stats.trend(rs, rv)
+    noise = 1.4826 * float(np.median(np.abs(rv - np.median(rv)))) or 1e-12
+    snr = abs(tr["slope"]) * float(rs[-1] - rs[0]) / noise
+    from rlscope.analysis.analyses.aha import level_shifts
+
+    rises = [sh["step"] for sh in level_shifts(s, v) if sh["jump"] > 0 and sh["z"] >= 3]
+    flat_from = rises[-1] if rises else int(s[0])  # the best of the trend, not of the noise
+    since = float((s[-1] - flat_from) / max(s[-1] - s[0], 1))
+    declining = _sig(tr) < 0
+    flat = _sig(tr) <= 0 and snr < 1.0
+    level = "warn" if (declining or flat) and since >= 0.3 else "info" if flat else "ok"
+    ev = [f"{name.replace('_', ' ')} over the last {window} points: {tr['slope']:+.2e}/step (p {tr['p']:.2g}), "
+          f"drift/noise {snr:.2f}; no significant rise since step {flat_from} ({since:.0%} of the run)"]
+    return _finding(level, "Plateau", ev, slope=tr["slope"], snr=snr, flat_since=flat_from, since_share=since)
+
+
+DETECTORS = {"zero_advantage": zero_advantage, "entropy_collapse": entropy_collapse,
+             "reward_vs_heldout": reward_vs_heldout, "length": length, "clip_saturation": clip_saturation,
+             "kl_drift": kl_drift, "gradients": gradients, "reward_composition": reward_composition,
+             "plateau": plateau}
+
+
+@register("health", outputs=("status", "alarms", "checks", "not_measured"))
+def health(frame) -> tuple[str, dict]:
+    """Run health: zero-advantage groups, entropy collapse, reward vs held-out, length, clipping, KL, gradients,
+    reward composition, plateau -- each ok / info / warn / crit with its evidence."""
+    checks, missing = {}, []
+    for name, detector in DETECTORS.items():
+        result = detector(frame)
+        if result is None:
+            missing.append(name)
+        else:
+            checks[name] = result
+    alarms = [{"detector": n, **c} for n, c in checks.items() if c["severity"] in ("warn", "crit")]
+    alarms.sort(key=lambda a: -LEVELS.index(a["severity"]))
+    status = max((c["severity"] for c in checks.values()), key=LEVELS.index, default="ok")
+    infos = [n for n, c in checks.items() if c["severity"] == "info"]
+    if alarms:
+        verdict = "; ".join(f"{a['severity'].upper()} {a['title'].lower()}: {a['evidence'][0]}" for a in alarms[:3])
+    else:
+        verdict = f"No alarm from {len(checks)} checks" + (f" (info: {', '.join(infos)})" if infos else "")
+    if missing:
+        verdict += f"; not measurable here: {', '.join(missing)}"
+    return verdict + ".", {"status": status, "alarms": alarms, "checks": checks, "not_measured": missing}
