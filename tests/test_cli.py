@@ -70,3 +70,77 @@ def test_bench_passk_prints_json_last(tiny_sft_path):
     assert p.returncode == 0, p.stderr[-3000:]
     result = json.loads(p.stdout.strip().splitlines()[-1])
     assert result["bench"] == "passk" and result["prompts"] == 4 and result["ratio"] > 0
+
+
+# -- rlscope analyze --------------------------------------------------------------------------------------------------
+REQUIRED = {"two_stage": ("found", "pattern", "break_step"), "aha": ("step",),
+            "entropy_law": ("a", "b", "r2", "ceiling", "forecast_rmse"), "ceiling": ("asymptote",),
+            "boundary": ("crossover_k",)}
+
+
+def test_analyze_json_on_a_synthetic_run_finds_what_was_planted(tmp_path):
+    from rlscope.analysis.synthetic import write_synthetic_run
+
+    run = write_synthetic_run(tmp_path / "syn", steps=1500, metrics=30, rollout_every=10, completions=16,
+                              probe_every=100)
+    p = rlscope("analyze", str(run), "--json")
+    assert p.returncode == 0, p.stderr[-3000:]
+    result = json.loads(p.stdout.strip().splitlines()[-1])
+    assert result["format"] == "rlscope" and result["steps"] == 1501  # steps 1..1500 and the pass@k base at 0
+    for name, keys in REQUIRED.items():
+        for key in keys:
+            assert key in result["analyses"][name], (name, key)
+    a = result["analyses"]
+    assert a["two_stage"]["found"] and abs(a["two_stage"]["break_step"] - 600) <= 30
+    assert a["aha"]["found"] and abs(a["aha"]["step"] - 900) <= 30
+    assert a["boundary"]["crossover_k"] is not None
+    assert (run / "analysis" / "analysis.json").exists()
+
+
+def test_analyze_a_foreign_log_writes_only_with_out_and_shows_a_table(tmp_path):
+    rows = ["step,reward,completion_length,kl"] + [f"{s},{0.1 + 0.002 * s},{200 - 0.1 * s},{0.001 * s}"
+                                                    for s in range(1, 101)]
+    (tmp_path / "run.csv").write_text("\n".join(rows) + "\n")
+    p = rlscope("analyze", str(tmp_path / "run.csv"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "two_stage" in p.stdout and "not written" in p.stdout
+    assert not p.stdout.strip().splitlines()[-1].startswith("{")  # JSON only with --json
+    q = rlscope("analyze", str(tmp_path / "run.csv"), "--out", str(tmp_path / "out"), "--json")
+    result = json.loads(q.stdout.strip().splitlines()[-1])
+    assert result["format"] == "csv" and (tmp_path / "out" / "analysis.json").exists()
+    assert result["analyses"]["boundary"]["status"] == "skipped" and result["analyses"]["boundary"]["crossover_k"] is None
+    bad = rlscope("analyze", str(tmp_path / "nothing.txt"))
+    assert bad.returncode != 0 and "no run or log" in bad.stderr
+
+
+def test_bench_analyze_prints_json_last():
+    p = rlscope("bench", "analyze", "--json", "--steps", "800", "--metrics", "30")
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    assert r["bench"] == "analyze" and r["metric_records"] == 800 * 30 and r["seconds"] > 0
+    assert abs(r["planted"]["two_stage_break"] - r["planted"]["expected_break"]) <= 40
+
+
+@pytest.mark.slow
+def test_analyze_a_real_tiny_run(tmp_path):
+    """A warm-start run with pass@k and weight probes: SFT steps stay out of the RL analyses, the boundary and weight
+    analyses read the probes' records."""
+    from helpers import run_recipe
+
+    run_recipe(tmp_path, "tiny_sft_then_dapo.yaml", "--sft_steps", "3", "--sft_batch_size", "8", "--max_steps", "4",
+               "--run_name", "a", "--report_to", "none", "--eval_heldout", "false", "--dynamic_sampling", "false",
+               "--probe_every", '{"passk": 2, "weights": 2}', "--probe_options", '{"passk": {"n": 2, "max_prompts": 3}}')
+    from rlscope.analysis.analyze import analyze
+    from rlscope.analysis.readers import read_run
+
+    frame = read_run(tmp_path / "a")
+    assert frame.phases["sft"] == [1, 3] and frame.sft_steps == frozenset({1, 2})  # RL starts from step 3's model
+    assert frame.rl_steps.tolist() == [3, 4, 5, 6, 7]
+    assert frame.series("heldout_accuracy")[0].tolist() == [3, 5, 7]  # the base curve, then two evaluations
+    result = analyze(tmp_path / "a")
+    b = result["analyses"]["boundary"]
+    assert b["status"] == "ok" and [s for s, _ in b["crossover_over_time"]] == [5, 7]
+    w = result["analyses"]["weight_dynamics"]
+    assert w["status"] == "ok" and w["probes"] == 2
+    assert result["analyses"]["planning_tokens"]["status"] in ("ok", "skipped")  # 4 steps of text: maybe too few
+    assert (tmp_path / "a" / "analysis" / "analysis.json").exists()

@@ -271,6 +271,56 @@ def bench_schedules(steps: int = 40, names=("sft_then_rl", "relift", "heat_on_lo
             "results": results}
 
 
+def bench_analyze(steps: int = 20000, metrics: int = 200, rollout_every: int = 10, completions: int = 64,
+                  probe_every: int = 100) -> dict:
+    """``rlscope analyze`` end to end on a synthetic rlscope run (``steps`` x ``metrics`` metric records, rollouts every
+    ``rollout_every`` steps with ``completions`` each, pass@k and per-matrix weight rows every ``probe_every`` steps;
+    written with the real run writer, then flushed to disk): seconds (reading and analysing; the one-off imports are
+    timed apart) of the first analysis right after writing and the median of three more (page cache warm: what is
+    left is parsing and computing, not this machine's disk), peak resident memory, whether the planted answers were
+    found."""
+    import statistics
+    import os
+    import resource
+
+    t0 = time.perf_counter()
+    import lmfit  # noqa: F401  -- the one-off imports of a fresh process, timed apart
+    import ruptures  # noqa: F401
+    import scipy.stats  # noqa: F401
+
+    from rlscope.analysis.analyses import ANALYSES
+    from rlscope.analysis.analyze import analyze
+    from rlscope.analysis.readers import READERS
+    from rlscope.analysis.synthetic import expected_aha, expected_break, write_synthetic_run
+
+    ANALYSES.names(), READERS.names()
+    imports = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        write_synthetic_run(tmp, steps, metrics, rollout_every, completions, probe_every)
+        os.sync()
+        written = time.perf_counter() - t0
+        size = sum(os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp) if f.endswith(".jsonl"))
+        runs = []
+        for _ in range(4):
+            t0 = time.perf_counter()
+            result = analyze(tmp)
+            runs.append(time.perf_counter() - t0)
+    seconds = statistics.median(runs[1:])
+    a = result["analyses"]
+    found = {"two_stage_break": a["two_stage"]["break_step"], "expected_break": expected_break(steps),
+             "aha_step": a["aha"]["step"], "expected_aha": expected_aha(steps),
+             "crossover_k": a["boundary"]["crossover_k"], "health": a["health"]["status"]}
+    return {"bench": "analyze", "steps": steps, "metrics": metrics, "metric_records": steps * metrics,
+            "rollouts": (steps // rollout_every) * completions, "store_mib": round(size / 2 ** 20, 1),
+            "write_seconds": round(written, 1), "import_seconds": round(imports, 2),
+            "first_seconds": round(runs[0], 2), "runs_seconds": [round(r, 2) for r in runs[1:]],
+            "read_seconds": result["read_seconds"], "analyses_seconds": result["seconds"],
+            "seconds": round(seconds, 2), "goal_seconds": 5.0,
+            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2),
+            "timings": result["timings"], "planted": found}
+
+
 def print_result(result: dict, as_json: bool) -> None:
     if not as_json:
         for k, v in result.items():

@@ -1,4 +1,4 @@
-"""The ``rlscope`` console script: demo, train, passk, weights, probes, bench."""
+"""The ``rlscope`` console script: demo, train, analyze, passk, weights, probes, bench."""
 
 from __future__ import annotations
 
@@ -104,6 +104,25 @@ def cmd_weights(ns) -> int:
     return 0
 
 
+def cmd_analyze(ns) -> int:
+    """Analyse runs or logs: a verdict table per run; ``--json``: one JSON object as the last line."""
+    from rlscope.analysis.analyze import analyze, print_table
+
+    if ns.out is not None and len(ns.paths) > 1:
+        raise SystemExit("rlscope analyze: --out takes one run at a time (each run writes its own analysis.json)")
+    results = []
+    for path in ns.paths:
+        result = analyze(path, fmt=ns.format, out=ns.out)
+        results.append(result)
+        if not ns.json:
+            print_table(result)
+            where = result.get("written_to") or "not written (a foreign log: give --out DIR to keep the results)"
+            print(f"results: {where}")
+    if ns.json:
+        print(json.dumps(results[0] if len(results) == 1 else {"runs": results}, default=str))
+    return 0
+
+
 def cmd_probes(ns) -> int:
     """Every registered probe: its source, inputs, cost, default cadence, options and the metrics it writes."""
     from rlscope.probes import PROBES
@@ -132,6 +151,8 @@ def cmd_bench(ns) -> int:
         result = bench.bench_schedules(steps=ns.steps or 40)
     elif ns.what == "weights":
         result = bench.bench_weights(n=ns.svd_n, layers=ns.layers)
+    elif ns.what == "analyze":
+        result = bench.bench_analyze(steps=ns.steps or 20000, metrics=ns.metrics)
     elif ns.what == "overhead":
         result = bench.bench_overhead(steps=ns.steps or 10, warmup=ns.warmup, repeats=ns.repeats, recipe=ns.recipe)
     else:  # argparse restricts the choices
@@ -181,15 +202,29 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--json", action="store_true", help="print only the JSON line")
     w.set_defaults(func=cmd_weights)
 
+    an = sub.add_parser("analyze", help="analyse runs or logs (an rlscope run, a W&B offline run, trainer_state.json, "
+                                        "TensorBoard events, a verl console log, CSV): verdicts of every analysis; "
+                                        "the last output line is JSON")
+    an.add_argument("paths", nargs="+", help="run directories, log files, or wandb://ENTITY/PROJECT/RUN_ID")
+    an.add_argument("--json", action="store_true", help="print only the JSON line")
+    an.add_argument("--out", default=None, help="directory for analysis.json (default: <run>/analysis/ for an "
+                                                "rlscope run; not written for a foreign log)")
+    an.add_argument("--format", default=None, help="the log format, when detection from the path is not enough "
+                                                   "(rlscope, wandb, wandb_api, trainer_state, tensorboard, "
+                                                   "verl_log, csv)")
+    an.set_defaults(func=cmd_analyze)
+
     pr = sub.add_parser("probes", help="list every registered probe (source, inputs, cost, default cadence, options, "
                                        "metrics); the last output line is JSON")
     pr.add_argument("--json", action="store_true", help="print only the JSON line")
     pr.set_defaults(func=cmd_probes)
 
     b = sub.add_parser("bench", help="benchmarks; the last output line is JSON")
-    b.add_argument("what", choices=["step", "overhead", "passk", "weights", "schedules"])
+    b.add_argument("what", choices=["step", "overhead", "passk", "weights", "schedules", "analyze"])
     b.add_argument("--json", action="store_true", help="print only the JSON line")
-    b.add_argument("--steps", type=int, default=None, help="optimizer steps (step: 20, overhead: 10, schedules: 40)")
+    b.add_argument("--steps", type=int, default=None, help="optimizer steps (step: 20, overhead: 10, schedules: 40; "
+                                                             "analyze: the synthetic run's length, 20000)")
+    b.add_argument("--metrics", type=int, default=200, help="analyze: metrics per step of the synthetic run")
     b.add_argument("--warmup", type=int, default=2)
     b.add_argument("--repeats", type=int, default=3, help="overhead: runs per arm (interleaved)")
     b.add_argument("--recipe", default="tiny_dapo")

@@ -1,0 +1,86 @@
+"""``rlscope analyze``: read a run (any supported format), run every registered analysis, write and show the results.
+
+The results of one run are one JSON object: ``{"source", "format", "steps", "rl_steps", "phases", "analyses": {name:
+{"status", "verdict", "reason", ...numbers}}}``. For an rlscope run directory it goes to ``<run>/analysis/
+analysis.json``; for another framework's log to ``<out>/analysis.json`` when an output directory is given.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from rlscope.analysis.analyses import ANALYSES, run_all
+from rlscope.analysis.frame import RunFrame
+from rlscope.analysis.readers import read_run
+
+
+def analyze_frame(frame: RunFrame, names=None, options: dict | None = None) -> dict:
+    """Every registered analysis (or ``names``) of a frame, as the JSON-ready result object."""
+    t0 = time.perf_counter()
+    results, timings = {}, {}
+    for name in names or ANALYSES.names():
+        t = time.perf_counter()
+        results[name] = run_all(frame, [name], options)[name]
+        timings[name] = round(time.perf_counter() - t, 3)
+    return {"source": frame.source, "format": frame.format, "steps": frame.steps, "rl_steps": int(len(frame.rl_steps)),
+            "phases": frame.phases or None, "meta": frame.meta,
+            "analyses": {n: r.to_json() for n, r in results.items()}, "seconds": round(time.perf_counter() - t0, 3),
+            "timings": timings}
+
+
+def analyze(path, fmt: str | None = None, out=None, names=None, options: dict | None = None) -> dict:
+    """Read ``path`` and analyse it; the result is written to ``analysis.json`` (see the module docstring)."""
+    t0 = time.perf_counter()
+    frame = read_run(path, fmt)
+    read_seconds = time.perf_counter() - t0
+    result = analyze_frame(frame, names, options)
+    result["read_seconds"] = round(read_seconds, 3)
+    target = Path(out) if out is not None else (Path(path) / "analysis" if frame.format == "rlscope" else None)
+    if target is not None:
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "analysis.json").write_text(json.dumps(result, indent=2, default=str))
+        result["written_to"] = str(target / "analysis.json")
+    return result
+
+
+KEY_NUMBERS = {
+    "two_stage": ("pattern", "break_step"),
+    "aha": ("step", "jump"),
+    "entropy_law": ("r2", "ceiling", "forecast_rmse"),
+    "ceiling": ("asymptote", "forecast_error"),
+    "entropy_dynamics": ("change", "steps_to_floor"),
+    "health": ("status",),
+    "boundary": ("crossover_k", "gained", "lost"),
+    "weight_dynamics": ("rotation_to_scaling", "direction_stability"),
+    "planning_tokens": ("planning_share_end", "semantic_entropy_end"),
+}
+
+
+def print_table(result: dict, console=None) -> None:
+    """The verdicts of one run as a rich table on the terminal."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title=f"rlscope analyze: {Path(result['source']).name} ({result['format']}, {result['steps']} steps)",
+                  show_lines=True, expand=True)
+    table.add_column("analysis", style="bold", no_wrap=True)
+    table.add_column("verdict", ratio=5)
+    table.add_column("key numbers", ratio=2)
+    for name, r in result["analyses"].items():
+        keys = KEY_NUMBERS.get(name, ())
+        nums = ", ".join(f"{k} {_fmt(r.get(k))}" for k in keys if r.get(k) is not None)
+        style = "dim" if r["status"] == "skipped" else None
+        table.add_row(name, r["verdict"], nums, style=style)
+    console.print(table)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+__all__ = ["ANALYSES", "analyze", "analyze_frame", "print_table"]
