@@ -30,3 +30,21 @@ def test_every_registered_probe_has_a_metrics_row():
     table = _section("Metrics")
     for name in PROBES.names():
         assert f"`rlscope/{name}/" in table, f"no metrics row for probe {name!r}"
+
+
+def test_the_alias_table_is_the_code_table():
+    from rlscope.analysis.aliases import ALIASES
+
+    table = _section("Offline analysis")
+    for name, (meaning, patterns) in ALIASES.items():
+        row = next((line for line in table.splitlines() if line.startswith(f"| `{name}` |")), None)
+        assert row is not None, f"no alias row for {name!r}"
+        assert meaning in row and all(f"`{p}`" in row for _, p in patterns), name
+
+
+def test_every_analysis_has_a_row():
+    from rlscope.analysis.analyses import ANALYSES
+
+    table = _section("Offline analysis")
+    for name in ANALYSES.names():
+        assert f"| `{name}` |" in table, f"no row for analysis {name!r}"
