@@ -86,6 +86,11 @@ class RecipeRun:
             if not os.environ.get("WANDB_API_KEY") and "WANDB_MODE" not in os.environ:
                 os.environ["WANDB_MODE"] = "offline"  # no credentials: files under runs/<name>/wandb
             os.environ.setdefault("WANDB_SILENT", "true")
+            if "wandb" in sys.modules:  # W&B reads the environment once per process, at its first setup: a second
+                import wandb  # run in the same process would write into the first run's directory
+
+                if wandb.run is None:
+                    wandb.teardown()
 
     def setup_model(self) -> None:
         """Resolve the model: ``tiny`` is built into the run, ``tiny-sft`` comes from the cache, else a path/hub id."""
