@@ -72,11 +72,16 @@ def _grade(x: float, crit: float, warn: float, info: float = float("inf")) -> st
     return "crit" if x >= crit else "warn" if x >= warn else "info" if x >= info else "ok"
 
 
+def _recent(frame, name: str, min_points: int = 2):
+    """(steps, values, median of the last quarter) of a canonical metric, or None with fewer than ``min_points``."""
+    s, v = frame.series(name)
+    return (s, v, _tail(v)) if len(s) >= min_points else None
+
+
 def zero_advantage(frame) -> dict | None:
-    s, v = frame.series("zero_std_share")
-    if len(s) < 2:
+    if (got := _recent(frame, "zero_std_share")) is None:
         return None
-    f = _tail(v)
+    s, v, f = got
     level = _grade(f, 0.75, 0.5, 0.3)
     tr = stats.trend(s.astype(float), v) if len(s) >= 8 else {"slope": None, "p": None}
     ev = [f"{f:.0%} of prompt groups had all-equal rewards over the last quarter: you pay {1 / max(1 - f, 1e-6):.1f} "
@@ -187,10 +192,9 @@ def length(frame) -> dict | None:
 
 
 def clip_saturation(frame) -> dict | None:
-    s, v = frame.series("clip_ratio")
-    if len(s) < 2:
+    if (got := _recent(frame, "clip_ratio")) is None:
         return None
-    c = _tail(v)
+    c = got[2]
     level = _grade(c, 0.4, 0.2, 0.1)
     ev = [f"{c:.1%} of tokens are clipped (median of the last quarter)"]
     low = frame.series("clip_ratio/low_mean")[1] if frame.has("clip_ratio/low_mean") else \
