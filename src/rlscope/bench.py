@@ -310,7 +310,7 @@ def bench_analyze(steps: int = 20000, metrics: int = 200, rollout_every: int = 1
     a = result["analyses"]
     found = {"two_stage_break": a["two_stage"]["break_step"], "expected_break": expected_break(steps),
              "aha_step": a["aha"]["step"], "expected_aha": expected_aha(steps),
-             "crossover_k": a["boundary"]["crossover_k"], "health": a["health"]["status"]}
+             "crossover_k": a["boundary"]["crossover_k"], "health": a["health"]["severity"]}
     return {"bench": "analyze", "steps": steps, "metrics": metrics, "metric_records": steps * metrics,
             "rollouts": (steps // rollout_every) * completions, "store_mib": round(size / 2 ** 20, 1),
             "write_seconds": round(written, 1), "import_seconds": round(imports, 2),

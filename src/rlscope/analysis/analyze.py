@@ -16,6 +16,9 @@ from rlscope.analysis.frame import RunFrame
 from rlscope.analysis.readers import read_run
 
 
+SCHEMA = 2  # the layout of analysis.json; a reader of a saved result with another schema recomputes it
+
+
 def analyze_frame(frame: RunFrame, names=None, options: dict | None = None) -> dict:
     """Every registered analysis (or ``names``) of a frame, as the JSON-ready result object."""
     t0 = time.perf_counter()
@@ -24,7 +27,7 @@ def analyze_frame(frame: RunFrame, names=None, options: dict | None = None) -> d
         t = time.perf_counter()
         results[name] = run_all(frame, [name], options)[name]
         timings[name] = round(time.perf_counter() - t, 3)
-    return {"source": frame.source, "format": frame.format, "steps": frame.steps, "rl_steps": int(len(frame.rl_steps)),
+    return {"schema": SCHEMA, "source": frame.source, "format": frame.format, "steps": frame.steps, "rl_steps": int(len(frame.rl_steps)),
             "phases": frame.phases or None, "meta": frame.meta,
             "analyses": {n: r.to_json() for n, r in results.items()}, "seconds": round(time.perf_counter() - t0, 3),
             "timings": timings}
@@ -51,7 +54,7 @@ KEY_NUMBERS = {
     "entropy_law": ("r2", "ceiling", "forecast_rmse"),
     "ceiling": ("asymptote", "forecast_error"),
     "entropy_dynamics": ("change", "steps_to_floor"),
-    "health": ("status",),
+    "health": ("severity",),
     "boundary": ("crossover_k", "gained", "lost"),
     "weight_dynamics": ("rotation_to_scaling", "direction_stability"),
     "planning_tokens": ("planning_share_end", "semantic_entropy_end"),

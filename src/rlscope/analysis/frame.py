@@ -94,6 +94,17 @@ class RunFrame:
         return table.take(pa.array(np.sort(idx))).to_pylist()
 
 
+    def until(self, step: int) -> "RunFrame":
+        """The run as it stood at ``step``: metrics, pass@k and weight rows up to it (no rollouts) -- what a detector
+        would have seen live."""
+        raw = {}
+        for name, (s, v) in self.raw.items():
+            k = int(np.searchsorted(s, step, side="right"))
+            raw[name] = (s[:k], v[:k])
+        return RunFrame(self.source, self.format, raw, self.sft_steps, self.phases, None,
+                        [p for p in self.passk if p["step"] <= step], [w for w in self.weights if w["step"] <= step],
+                        self.meta)
+
     def name_of(self, name: str) -> str | None:
         """The source's name for ``name`` (a raw name, or a canonical one through the alias table)."""
         if name in self.raw:

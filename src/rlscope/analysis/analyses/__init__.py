@@ -75,6 +75,10 @@ ANALYSES: Registry[Analysis] = Registry("analysis", package="rlscope.analysis.an
 
 def register(name: str, *, requires: tuple[tuple[str, ...], ...] = (), outputs: tuple[str, ...] = ()):
     """Decorator: declare ``fn(frame, **options) -> (verdict, values)`` as the analysis ``name``."""
+    clash = {"status", "verdict", "reason"} & set(outputs)
+    if clash:
+        raise ValueError(f"analysis {name!r}: outputs may not be named {sorted(clash)} (the result's own fields)")
+
     def deco(fn):
         doc = " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split())
         ANALYSES.register(name, Analysis(name, fn, tuple(tuple(g) for g in requires), tuple(outputs), doc))

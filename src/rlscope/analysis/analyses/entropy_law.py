@@ -80,18 +80,28 @@ def law(frame, prefix_share: float = 0.2, seed: int = 0) -> dict:
     if len(h) - k >= 3 and np.ptp(h[:k]) > 0:
         pa, pb = fit_law(h[:k], r[:k])
         err = r[k:] - predict(h[k:], pa, pb)
+        prefix_resid = r[:k] - predict(h[:k], pa, pb)
         forecast = {"forecast_rmse": float(np.sqrt((err ** 2).mean())), "forecast_mae": float(np.abs(err).mean()),
                     "forecast_prefix_steps": int(steps[k - 1]), "forecast_points": int(len(err)),
-                    "forecast_a": pa, "forecast_b": pb}
+                    "forecast_a": pa, "forecast_b": pb,
+                    # +-1.96 sd of the prefix's residuals (k - 2 degrees of freedom): the forecast's band
+                    "forecast_band": float(stats.Z95 * np.sqrt(prefix_resid @ prefix_resid / max(k - 2, 1)))}
     return {"target": target, "n_pairs": int(len(h)), "a": a, "a_ci": stats.percentile_ci(boot[:, 0]),
             "b": b, "b_ci": stats.percentile_ci(boot[:, 1]), "r2": r2, "ceiling": b - a,
             "ceiling_ci": stats.percentile_ci(boot[:, 1] - boot[:, 0]),
-            "entropy_start": float(h[0]), "entropy_end": float(h[-1]), **forecast}
+            "entropy_start": float(h[0]), "entropy_end": float(h[-1]), **forecast,
+            "points": _sample(steps, h, r, 400)}
+
+
+def _sample(steps, h, r, most: int) -> list[list[float]]:
+    """[step, H, R] of at most ``most`` pairs spread evenly over the run (the report's scatter)."""
+    idx = np.unique(np.linspace(0, len(h) - 1, min(most, len(h))).round().astype(int))
+    return [[int(steps[i]), float(h[i]), float(r[i])] for i in idx]
 
 
 @register("entropy_law", requires=(("entropy",), ("heldout_accuracy", "train_accuracy", "reward")),
           outputs=("a", "a_ci", "b", "b_ci", "r2", "ceiling", "ceiling_ci", "forecast_rmse", "forecast_mae",
-                   "forecast_prefix_steps", "target", "n_pairs"))
+                   "forecast_prefix_steps", "forecast_a", "forecast_b", "forecast_band", "target", "n_pairs", "points"))
 def entropy_law(frame, prefix_share: float = 0.2, seed: int = 0) -> tuple[str, dict]:
     """Fit R = -a exp(H) + b (Cui et al. 2025), the ceiling b - a at zero entropy, and a forecast from an early prefix."""
     f = law(frame, prefix_share, seed)

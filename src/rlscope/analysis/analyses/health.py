@@ -343,10 +343,8 @@ DETECTORS = {"zero_advantage": zero_advantage, "entropy_collapse": entropy_colla
              "plateau": plateau}
 
 
-@register("health", outputs=("status", "alarms", "checks", "not_measured"))
-def health(frame) -> tuple[str, dict]:
-    """Run health: zero-advantage groups, entropy collapse, reward vs held-out, length, clipping, KL, gradients,
-    reward composition, plateau -- each ok / info / warn / crit with its evidence."""
+def run_detectors(frame) -> tuple[dict, list[str]]:
+    """Every detector on ``frame``: (findings by name, names of those that could not measure)."""
     checks, missing = {}, []
     for name, detector in DETECTORS.items():
         result = detector(frame)
@@ -354,6 +352,27 @@ def health(frame) -> tuple[str, dict]:
             missing.append(name)
         else:
             checks[name] = result
+    return checks, missing
+
+
+def timeline(frame, cuts: int = 8) -> list[dict]:
+    """The detectors' severities as the run went: each detector on the run up to ``cuts`` evenly spaced RL steps
+    (``{"step", "severity": {detector: level}}``) -- when a problem started, for the report."""
+    rl = frame.rl_steps
+    if len(rl) < 2 * cuts:
+        return []
+    out = []
+    for step in np.unique(rl[np.linspace(len(rl) // cuts, len(rl) - 1, cuts).round().astype(int)]):
+        checks, _ = run_detectors(frame.until(int(step)))
+        out.append({"step": int(step), "severity": {n: c["severity"] for n, c in checks.items()}})
+    return out
+
+
+@register("health", outputs=("severity", "alarms", "checks", "not_measured", "timeline"))
+def health(frame) -> tuple[str, dict]:
+    """Run health: zero-advantage groups, entropy collapse, reward vs held-out, length, clipping, KL, gradients,
+    reward composition, plateau -- each ok / info / warn / crit with its evidence, and their timeline."""
+    checks, missing = run_detectors(frame)
     alarms = [{"detector": n, **c} for n, c in checks.items() if c["severity"] in ("warn", "crit")]
     alarms.sort(key=lambda a: -LEVELS.index(a["severity"]))
     status = max((c["severity"] for c in checks.values()), key=LEVELS.index, default="ok")
@@ -364,4 +383,5 @@ def health(frame) -> tuple[str, dict]:
         verdict = f"No alarm from {len(checks)} checks" + (f" (info: {', '.join(infos)})" if infos else "")
     if missing:
         verdict += f"; not measurable here: {', '.join(missing)}"
-    return verdict + ".", {"status": status, "alarms": alarms, "checks": checks, "not_measured": missing}
+    return verdict + ".", {"severity": status, "alarms": alarms, "checks": checks, "not_measured": missing,
+                           "timeline": timeline(frame)}

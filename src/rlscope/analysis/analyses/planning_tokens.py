@@ -81,7 +81,8 @@ def entropy(counter: Counter) -> float:
 
 @register("planning_tokens", requires=(("rollouts",),),
           outputs=("grams", "planning_share_start", "planning_share_end", "planning_share_trend",
-                   "semantic_entropy_start", "semantic_entropy_end", "semantic_entropy_trend", "successful", "steps"))
+                   "semantic_entropy_start", "semantic_entropy_end", "semantic_entropy_trend", "successful", "steps",
+                   "per_step"))
 def planning_tokens(frame, min_docs: int = 3, top_share: float = 0.2, max_grams: int = 50,
                     success: float | None = None, max_steps: int = 100, per_step: int = 32) -> tuple[str, dict]:
     """HICRA's strategic grams from rollout text; planning-token share and semantic entropy per step, and their trends."""
@@ -117,7 +118,8 @@ def planning_tokens(frame, min_docs: int = 3, top_share: float = 0.2, max_grams:
               "planning_share_start": stats.window_median(share, 0.1, end=False),
               "planning_share_end": stats.window_median(share, 0.1, end=True),
               "semantic_entropy_start": stats.window_median(sem, 0.1, end=False),
-              "semantic_entropy_end": stats.window_median(sem, 0.1, end=True)}
+              "semantic_entropy_end": stats.window_median(sem, 0.1, end=True),
+              "per_step": [[int(a), float(b), float(c)] for a, b, c in zip(steps, share, sem)]}
     for name, y in (("planning_share", share), ("semantic_entropy", sem)):
         tr = stats.trend(s, y) if len(s) >= 4 else {"slope": None, "p": None}
         values[f"{name}_trend"] = tr["slope"]

@@ -108,7 +108,7 @@ def _fit(x: np.ndarray, y: np.ndarray, seed: int) -> dict:
     out = {"delta_bic": delta_bic, "n_eff": n_eff, "tau": float(params[3]), "tau_ci": stats.percentile_ci(boot[:, 0]),
            "slope_before": float(params[1]), "slope_before_ci": stats.percentile_ci(boot[:, 1]),
            "slope_after": float(params[1] + params[2]), "slope_after_ci": stats.percentile_ci(boot[:, 2]),
-           "slope": float(line[0]), "slope_ci": stats.percentile_ci(line_boot), "hinge": params}
+           "slope": float(line[0]), "slope_ci": stats.percentile_ci(line_boot), "hinge": params, "line": line}
     out["pattern"] = pattern(out)
     return out
 
@@ -133,7 +133,8 @@ def pattern(f: dict) -> str:
 
 @register("two_stage", requires=(("response_length",),),
           outputs=("found", "pattern", "break_step", "break_step_ci", "slope_before", "slope_before_ci", "slope_after",
-                   "slope_after_ci", "slope", "slope_ci", "delta_bic", "length_start", "length_end", "n_points"))
+                   "slope_after_ci", "slope", "slope_ci", "delta_bic", "length_start", "length_end", "n_points",
+                   "fit_knots"))
 def two_stage(frame, seed: int = 0) -> tuple[str, dict]:
     """Response length: one-break continuous piecewise-linear fit vs a line; "shrink then grow" or one stage."""
     steps, length = frame.series("response_length")
@@ -148,6 +149,10 @@ def two_stage(frame, seed: int = 0) -> tuple[str, dict]:
               "slope": f["slope"], "slope_ci": f["slope_ci"],
               "length_start": stats.window_median(length, 0.1, end=False),
               "length_end": stats.window_median(length, 0.1, end=True)}
+    # the chosen model's knots (first point, break, last point; a line: its ends), for the report's figure
+    knots = [float(x[0]), f["tau"], float(x[-1])] if f["delta_bic"] >= BIC_MARGIN else [float(x[0]), float(x[-1])]
+    values["fit_knots"] = [[k, float(hinge(k, *f["hinge"]) if len(knots) == 3 else np.polyval(f["line"], k))]
+                           for k in knots]
     if f["pattern"] in ("shrink then grow", "grow then shrink"):
         values.update({"break_step": int(round(f["tau"])), "break_step_ci": _round(f["tau_ci"]),
                        "slope_before": f["slope_before"], "slope_before_ci": f["slope_before_ci"],
