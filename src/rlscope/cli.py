@@ -123,6 +123,19 @@ def cmd_analyze(ns) -> int:
     return 0
 
 
+def cmd_report(ns) -> int:
+    """One self-contained HTML report of a run, or a compare page of several; the last line is JSON."""
+    from rlscope.report import build_report
+
+    info = build_report(ns.paths, out=ns.out, fmt=ns.format, labels=ns.label)
+    if not ns.json:
+        print(f"report: {info['report']} ({info['bytes'] / 1e6:.2f} MB, {info['seconds']:.1f} s; "
+              f"{len(info['figures'])} figures" + (f", not drawn: {', '.join(info['not_drawn'])}"
+                                                   if info["not_drawn"] else "") + ")")
+    print(json.dumps(info))
+    return 0
+
+
 def cmd_probes(ns) -> int:
     """Every registered probe: its source, inputs, cost, default cadence, options and the metrics it writes."""
     from rlscope.probes import PROBES
@@ -213,6 +226,16 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "(rlscope, wandb, wandb_api, trainer_state, tensorboard, "
                                                    "verl_log, csv)")
     an.set_defaults(func=cmd_analyze)
+    rp = sub.add_parser("report", help="one self-contained HTML page (opens from disk, no network) answering the "
+                                       "analyses' questions with figures and a rollout browser; several runs: a "
+                                       "compare page; the last output line is JSON")
+    rp.add_argument("paths", nargs="+", help="run directories or logs (any format rlscope analyze reads)")
+    rp.add_argument("--out", default=None, help="the HTML file (default: <run>/analysis/report.html for one rlscope "
+                                                "run, else ./report.html)")
+    rp.add_argument("--format", default=None, help="the log format, as for rlscope analyze")
+    rp.add_argument("--label", nargs="+", default=None, help="names for the runs in compare mode (one per path)")
+    rp.add_argument("--json", action="store_true", help="print only the JSON line")
+    rp.set_defaults(func=cmd_report)
 
     pr = sub.add_parser("probes", help="list every registered probe (source, inputs, cost, default cadence, options, "
                                        "metrics); the last output line is JSON")
