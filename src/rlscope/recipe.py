@@ -55,6 +55,10 @@ class RunArguments:
     > Parameters that control the probes (``rlscope probes`` lists them, their options and default cadences)
 
     probes, probe_every, probe_options
+
+    > Parameters that control the live alarms and the console
+
+    alarms, console
     """
 
     # Parameters that control the task and the run directory
@@ -97,7 +101,31 @@ class RunArguments:
                 "weights: {k: 16}, tokens: {dump_every: 1, table_every: 50}}. pass@k samples from the run's task "
                 "and seed unless told otherwise."})
 
+    # Parameters that control the live alarms and the console
+    alarms: dict | str | None = field(default=None, metadata={
+        "help": "Live alarms (rlscope.callbacks.alarms): 'true' (the default: entropy collapse, zero-advantage "
+                "groups, length, clip saturation, plateau, reward vs held-out, checked every 10 steps, firing at "
+                "warn), 'false', or a mapping of their options (YAML, or JSON), e.g. {every: 5, stop_on: "
+                "[entropy_collapse], thresholds: {entropy_collapse: {floor_share: 0.2}}}."})
+
+    console: str = field(default="compact", metadata={
+        "help": "What the console shows while training: 'compact' (a progress bar with reward, held-out accuracy, "
+                "entropy, length, Cov(logp, A), kept-group share, and alarms as they fire), 'dicts' (transformers' "
+                "dict of every logged metric per step), or 'none'. Every metric is in the run store either way."})
+
     def __post_init__(self):
+        from rlscope.callbacks.console import CONSOLE_MODES
+
+        check_names("console mode", [self.console], CONSOLE_MODES)
+        if self.alarms is None or isinstance(self.alarms, bool):  # YAML true / false
+            self.alarms = self.alarms is not False
+        elif isinstance(self.alarms, str) and self.alarms.strip().lower() in ("true", "false", "none", "off", "on"):
+            self.alarms = self.alarms.strip().lower() in ("true", "on")
+        else:
+            self.alarms = _mapping(self.alarms, "alarms")
+        from rlscope.callbacks.alarms import AlarmConfig
+
+        AlarmConfig.parse(self.alarms)  # unknown options, detectors and thresholds are named here
         self.task_config = _mapping(self.task_config, "task_config")
         self.schedule_config = _mapping(self.schedule_config, "schedule_config")
         self.probe_every = _mapping(self.probe_every, "probe_every")

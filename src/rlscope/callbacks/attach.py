@@ -9,7 +9,7 @@ from rlscope.probes import PROBES
 from rlscope.registry import UnknownName
 
 
-def attach(trainer, run_dir=None, *, probes=None, step_offset: int = 0, log_prefix: str = "",
+def attach(trainer, run_dir=None, *, probes=None, step_offset: int = 0, log_prefix: str = "", alarms=None,
            **families) -> Observatory:
     """Attach the probe engine to ``trainer`` (a ``transformers.Trainer``: TRL's GRPOTrainer, SFTTrainer, a plain
     Trainer) and return it.
@@ -21,7 +21,12 @@ def attach(trainer, run_dir=None, *, probes=None, step_offset: int = 0, log_pref
       its options: ``tokens={"dump_every": 10}``. ``rlscope probes`` lists every probe with its options.
     * ``run_dir``: write every trainer log (TRL's metrics and rlscope's) and every probe result to an rlscope run
       store at the run's step (``step_offset`` + the trainer's step); ``log_prefix`` prefixes the trainer's own logs.
+    * ``alarms``: live alarms (:mod:`rlscope.callbacks.alarms`): ``True``, ``False`` or a dict of
+      :class:`~rlscope.callbacks.alarms.AlarmConfig` fields (``every``, ``fire_at``, ``detectors``, ``stop_on``,
+      ``thresholds``); default: on for a ``trl.GRPOTrainer``. The engine's ``alarms`` attribute holds them.
     """
+    from rlscope.callbacks.alarms import AlarmConfig, Alarms
+
     from trl import GRPOTrainer
 
     if probes is None:
@@ -37,8 +42,12 @@ def attach(trainer, run_dir=None, *, probes=None, step_offset: int = 0, log_pref
             raise UnknownName("probe or source", name, [*PROBES.names(), *SOURCES.names()],
                               plural="probes and sources")
     obs = Observatory(spec, sources=sources, run_dir=run_dir, step_offset=step_offset, log_prefix=log_prefix)
+    config = AlarmConfig.parse(isinstance(trainer, GRPOTrainer) if alarms is None else alarms)
     obs.bind(trainer)
     trainer.add_callback(obs)
+    obs.alarms = Alarms(obs, config) if config is not None else None
+    if obs.alarms is not None:
+        trainer.add_callback(obs.alarms)
     if obs.writer is not None and trainer.accelerator.is_main_process:
         obs.writer.write_meta({"attached_to": type(trainer).__name__, "world_size": trainer.accelerator.num_processes,
                                "seed": trainer.args.seed, "probes": {n: str(r.cadence) for n, r in obs.runs.items()},

@@ -148,6 +148,7 @@ class Observatory(TrainerCallback):
         self.last: dict[str, float] = {}
         self.latest: dict[str, tuple[int, dict]] = {}
         self.trainer = None
+        self.alarms = None  # live alarms (rlscope.callbacks.alarms.Alarms), set by attach
 
     # -- wiring ------------------------------------------------------------------------------------------------
     def bind(self, trainer) -> "Observatory":

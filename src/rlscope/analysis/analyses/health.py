@@ -22,8 +22,8 @@ compared):
   start) warn, spikes (robust z > 8 and > 3x the median) 1-2 info, >= 3 warn;
 * ``reward_composition`` -- a reward component carrying >= 70% of the reward variance (MAD^2 shares) when it is an
   auxiliary (format-like) reward warn, >= 90% crit; components with < 2% of it are dead (info; warn for a task reward);
-* ``plateau`` -- performance flat over the recent 35% (not rising, drift below the noise); warn when it has been flat
-  for 30%+ of the run (since its last significant rise, a level shift as in ``aha``) or is declining.
+* ``plateau`` -- performance flat over the recent 35% (not rising, drift below the noise) or declining; warn when that
+  has lasted 30%+ of the run and 50+ steps (since its last significant rise, a level shift as in ``aha``), else info.
 """
 
 from __future__ import annotations
@@ -38,6 +38,26 @@ from rlscope.analysis import stats
 from rlscope.analysis.analyses import performance_series, register
 
 LEVELS = ("ok", "info", "warn", "crit")
+# Thresholds a user may change (live alarms: ``rlscope.attach(trainer, alarms={"thresholds": {...}})``); the rest
+# are fixed in the detectors below (see the module docstring).
+THRESHOLDS = {
+    "zero_advantage": {"info": 0.30, "warn": 0.50, "crit": 0.75},  # share of all-equal-reward groups
+    "entropy_collapse": {"floor_share": 0.10, "soon_share": 0.25},  # floor = share x start; "soon": within share x run
+    "length": {"truncation_warn": 0.05, "truncation_crit": 0.15, "collapse_ratio": 0.5},
+    "clip_saturation": {"info": 0.10, "warn": 0.20, "crit": 0.40},  # share of clipped tokens
+    "plateau": {"flat_share": 0.30, "min_flat_steps": 50},  # flat for this share of the run and these steps: warn
+    "reward_vs_heldout": {"min_evaluations": 8},
+}
+
+
+def thresholds(name: str, overrides: dict | None = None) -> dict:
+    """The detector's thresholds, with ``overrides`` (unknown keys are an error naming the known ones)."""
+    th = dict(THRESHOLDS[name])
+    for key, value in (overrides or {}).items():
+        if key not in th:
+            raise ValueError(f"health: {name} has no threshold {key!r}; it has {sorted(th)}")
+        th[key] = float(value)
+    return th
 AUX_HINTS = ("format", "tag", "xml", "json", "length", "lang", "style", "think", "overlong")
 
 
@@ -78,11 +98,12 @@ def _recent(frame, name: str, min_points: int = 2):
     return (s, v, _tail(v)) if len(s) >= min_points else None
 
 
-def zero_advantage(frame) -> dict | None:
+def zero_advantage(frame, th: dict | None = None) -> dict | None:
+    th = thresholds("zero_advantage", th)
     if (got := _recent(frame, "zero_std_share")) is None:
         return None
     s, v, f = got
-    level = _grade(f, 0.75, 0.5, 0.3)
+    level = _grade(f, th["crit"], th["warn"], th["info"])
     tr = stats.trend(s.astype(float), v) if len(s) >= 8 else {"slope": None, "p": None}
     ev = [f"{f:.0%} of prompt groups had all-equal rewards over the last quarter: you pay {1 / max(1 - f, 1e-6):.1f} "
           f"rollouts per rollout that carries gradient"]
@@ -98,12 +119,13 @@ def zero_advantage(frame) -> dict | None:
     return _finding(level, "Zero-advantage groups", ev, share=f, trend=tr["slope"], regime=regime)
 
 
-def entropy_collapse(frame) -> dict | None:
+def entropy_collapse(frame, th: dict | None = None) -> dict | None:
     from rlscope.analysis.analyses import Skip
     from rlscope.analysis.analyses.entropy_dynamics import entropy_dynamics
 
+    th = thresholds("entropy_collapse", th)
     try:
-        _, d = entropy_dynamics(frame)
+        _, d = entropy_dynamics(frame, floor_share=th["floor_share"])
     except Skip:
         return None
     rl = frame.rl_steps
@@ -113,7 +135,7 @@ def entropy_collapse(frame) -> dict | None:
         level = "warn" if improving else "crit"
     elif d["steps_to_floor"] is None:
         level = "ok"
-    elif d["steps_to_floor"] <= 0.25 * span:
+    elif d["steps_to_floor"] <= th["soon_share"] * span:
         level = "warn" if improving else "crit"
     elif d["steps_to_floor"] <= span:
         level = "info" if improving else "warn"
@@ -131,7 +153,8 @@ def entropy_collapse(frame) -> dict | None:
                     floor=d["floor"])
 
 
-def reward_vs_heldout(frame) -> dict | None:
+def reward_vs_heldout(frame, th: dict | None = None) -> dict | None:
+    need = int(thresholds("reward_vs_heldout", th)["min_evaluations"])
     es, ev_ = frame.series("heldout_accuracy")
     rs, rv = frame.series("reward")
     if len(es) < 4 or len(rs) < 8:
@@ -143,7 +166,7 @@ def reward_vs_heldout(frame) -> dict | None:
     up_r = _sig(tr_r) > 0
     evid = [f"training reward trend {tr_r['slope']:+.3g}/step (p {tr_r['p']:.2g}), held-out trend "
             f"{tr_e['slope']:+.3g}/step over {len(es)} evaluations; rank correlation {rho:+.2f}"]
-    if len(es) >= 8:
+    if len(es) >= need:
         dir_e = _sig(tr_e)
         if up_r and dir_e < 0:
             level = "crit"
@@ -159,13 +182,14 @@ def reward_vs_heldout(frame) -> dict | None:
     else:  # too few evaluations to test a held-out trend: only a fall against a rising reward is worth a note
         fell = ev_[-1] < ev_[0] and not (rho > 0)
         level = "info" if up_r and fell else "ok"
-        evid.append(f"{len(es)} evaluations are too few to test the held-out trend (8 needed)"
+        evid.append(f"{len(es)} evaluations are too few to test the held-out trend ({need} needed)"
                     + ("; held-out accuracy ended below its start while the reward rose" if level == "info" else ""))
     return _finding(level, "Reward vs held-out accuracy", evid, rho=rho, reward_slope=tr_r["slope"],
                     heldout_slope=tr_e["slope"], evaluations=len(es))
 
 
-def length(frame) -> dict | None:
+def length(frame, th: dict | None = None) -> dict | None:
+    th = thresholds("length", th)
     s, v = frame.series("response_length")
     if len(s) < 8:
         return None
@@ -175,9 +199,9 @@ def length(frame) -> dict | None:
     cs, cv = frame.series("clipped_ratio")
     trunc = _tail(cv) if len(cs) >= 2 else None
     if trunc is not None:
-        parts.append((_grade(trunc, 0.15, 0.05),
+        parts.append((_grade(trunc, th["truncation_crit"], th["truncation_warn"]),
                       f"{trunc:.1%} of completions hit the length cap (their reward measures the cap)"))
-    if growth <= -0.5:
+    if growth <= th["collapse_ratio"] - 1:
         parts.append(("warn", f"length collapsed to {l1 / l0:.0%} of its start"))
     rs, rv = frame.series("reward")
     if growth >= 0.5 and len(rs) >= 8:
@@ -191,11 +215,12 @@ def length(frame) -> dict | None:
     return _worst(parts, "Length (truncation, collapse, hacking)", context, growth=growth, truncation=trunc)
 
 
-def clip_saturation(frame) -> dict | None:
+def clip_saturation(frame, th: dict | None = None) -> dict | None:
+    th = thresholds("clip_saturation", th)
     if (got := _recent(frame, "clip_ratio")) is None:
         return None
     c = got[2]
-    level = _grade(c, 0.4, 0.2, 0.1)
+    level = _grade(c, th["crit"], th["warn"], th["info"])
     ev = [f"{c:.1%} of tokens are clipped (median of the last quarter)"]
     low = frame.series("clip_ratio/low_mean")[1] if frame.has("clip_ratio/low_mean") else \
         frame.series("actor/pg_clipfrac_lower")[1]
@@ -315,7 +340,8 @@ def reward_composition(frame) -> dict | None:
     return _finding(level, "Reward composition", ev, shares=recent, dominant=top, dead=dead)
 
 
-def plateau(frame) -> dict | None:
+def plateau(frame, th: dict | None = None) -> dict | None:
+    th = thresholds("plateau", th)
     name, s, v = performance_series(frame, min_heldout=12)
     if len(s) < 12:
         return None
@@ -331,7 +357,8 @@ def plateau(frame) -> dict | None:
     since = float((s[-1] - flat_from) / max(s[-1] - s[0], 1))
     declining = _sig(tr) < 0
     flat = _sig(tr) <= 0 and snr < 1.0
-    level = "warn" if (declining or flat) and since >= 0.3 else "info" if flat else "ok"
+    long_enough = since >= th["flat_share"] and s[-1] - flat_from >= th["min_flat_steps"]
+    level = "warn" if (declining or flat) and long_enough else "info" if flat or declining else "ok"
     ev = [f"{name.replace('_', ' ')} over the last {window} points: {tr['slope']:+.2e}/step (p {tr['p']:.2g}), "
           f"drift/noise {snr:.2f}; no significant rise since step {flat_from} ({since:.0%} of the run)"]
     return _finding(level, "Plateau", ev, slope=tr["slope"], snr=snr, flat_since=flat_from, since_share=since)
@@ -343,11 +370,13 @@ DETECTORS = {"zero_advantage": zero_advantage, "entropy_collapse": entropy_colla
              "plateau": plateau}
 
 
-def run_detectors(frame) -> tuple[dict, list[str]]:
-    """Every detector on ``frame``: (findings by name, names of those that could not measure)."""
+def run_detectors(frame, names=None, overrides: dict | None = None) -> tuple[dict, list[str]]:
+    """The detectors (every one, or ``names``) on ``frame``: (findings by name, names of those that could not
+    measure); ``overrides``: thresholds by detector (see :data:`THRESHOLDS`)."""
     checks, missing = {}, []
-    for name, detector in DETECTORS.items():
-        result = detector(frame)
+    for name in names or DETECTORS:
+        detector = DETECTORS[name]
+        result = detector(frame, overrides[name]) if overrides and name in overrides else detector(frame)
         if result is None:
             missing.append(name)
         else:
