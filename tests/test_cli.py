@@ -47,6 +47,7 @@ def test_bench_step_prints_json_last(tiny_sft_path):
     assert p.returncode == 0, p.stderr[-4000:]
     result = json.loads(p.stdout.strip().splitlines()[-1])
     assert result["bench"] == "step" and result["steps_timed"] == 2 and result["steps_per_second"] > 0
+    assert "{'loss'" not in p.stdout  # the trainer's metric dicts stay off the console
 
 
 def test_bench_overhead_prints_json_last(tiny_sft_path):
@@ -144,3 +145,23 @@ def test_analyze_a_real_tiny_run(tmp_path):
     assert w["status"] == "ok" and w["probes"] == 2
     assert result["analyses"]["planning_tokens"]["status"] in ("ok", "skipped")  # 4 steps of text: maybe too few
     assert (tmp_path / "a" / "analysis" / "analysis.json").exists()
+
+
+# -- the console during a run ----------------------------------------------------------------------------------------
+TRAIN_SMALL = ["train", "--config", "recipes/tiny_dapo.yaml", "--max_steps", "2", "--per_device_train_batch_size", "8",
+               "--num_generations", "4", "--max_completion_length", "32", "--overlong_buffer_len", "8",
+               "--dynamic_sampling", "false", "--eval_heldout", "false", "--save_strategy", "no", "--report_to", "none"]
+
+
+@pytest.mark.slow
+def test_the_console_shows_a_compact_bar_and_dicts_only_when_asked(tmp_path):
+    p = rlscope(*TRAIN_SMALL, "--runs_dir", str(tmp_path), "--run_name", "c")
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = p.stdout + p.stderr
+    assert "{'loss'" not in out and "'completions/mean_length'" not in out  # no dict of every metric
+    bar = [line for line in out.replace("\r", "\n").splitlines() if line.startswith("RL:")]
+    assert bar and any("entropy" in line and "reward" in line and "cov" in line for line in bar), bar[-3:]
+    q = rlscope(*TRAIN_SMALL, "--runs_dir", str(tmp_path), "--run_name", "d", "--console", "dicts")
+    assert q.returncode == 0 and "{'loss'" in q.stdout + q.stderr
+    bad = rlscope(*TRAIN_SMALL, "--runs_dir", str(tmp_path), "--run_name", "e", "--console", "loud")
+    assert bad.returncode != 0 and "console mode" in bad.stderr and "compact" in bad.stderr

@@ -120,10 +120,22 @@ class RecipeRun:
             run_sft(self.model_path, self.task, sft_dir, steps=self.run_args.sft_steps,
                     learning_rate=self.run_args.sft_learning_rate, batch_size=self.run_args.sft_batch_size,
                     seed=self.cfg.seed, use_cpu=self.cfg.use_cpu, disable_tqdm=self.quiet or self.cfg.disable_tqdm,
-                    on_trainer=lambda t: attach(t, self.run_dir, probes=(), log_prefix="sft/"))
+                    on_trainer=self._sft_trainer)
         self.model_path = str(sft_dir)
         self.offset = self.run_args.sft_steps
         self.phases["sft"] = [1, self.offset]
+
+    @property
+    def console(self) -> str:
+        return "none" if self.quiet else self.run_args.console
+
+    def _sft_trainer(self, trainer) -> None:
+        """The warm start's SFTTrainer: rlscope's store (metrics under sft/) and the console, no probes or alarms."""
+        from rlscope.callbacks import attach
+        from rlscope.callbacks.console import install_console
+
+        obs = attach(trainer, self.run_dir, probes=(), log_prefix="sft/", alarms=False)
+        install_console(trainer, self.console, obs, desc="SFT")
 
     def setup_trainer(self) -> None:
         """rlscope's DAPO trainer, or the interleaving trainer when the schedule mixes SFT into the run."""
@@ -168,7 +180,11 @@ class RecipeRun:
                 opts["task"] = self.task
             if "seed" in source_options:
                 opts.setdefault("seed", self.cfg.seed)
-        self.obs = attach(self.trainer, self.run_dir, probes=spec, step_offset=self.offset, **sources)
+        self.obs = attach(self.trainer, self.run_dir, probes=spec, step_offset=self.offset,
+                          alarms=self.run_args.alarms, **sources)
+        from rlscope.callbacks.console import install_console
+
+        install_console(self.trainer, self.console, self.obs, desc="RL")
         self.trainer.run_store = self.obs.writer  # the trainer stores its rollouts through the same writer
         if self.main:  # what the run really ran as (accelerate can quietly fall back from DeepSpeed)
             self.writer.write_meta({"zero_stage": zero_stage(),
@@ -228,11 +244,16 @@ class RecipeRun:
                    if k.startswith("rlscope/weights/") and "/kind/" not in k and "/layer/" not in k}
         if weights:
             s["weights_final"] = weights
+        if self.obs.alarms is not None:
+            s["alarms"] = {n: {k: a[k] for k in ("step", "severity", "message")} for n, a in self.obs.alarms.fired.items()}
+            if self.obs.alarms.stopped is not None:
+                s["stopped"] = self.obs.alarms.stopped
         s.update({"rl_steps": self.steps, "rl_seconds": self.rl_seconds,
                   "rl_steps_per_second": self.steps / max(self.rl_seconds, 1e-9),
                   "wall_seconds": time.time() - self.t0, "phases": self.phases})
         if self.main:
-            self.writer.write_meta({"finished": now(), "status": "finished", "summary": s, "phases": self.phases})
+            status = "stopped by alarm" if s.get("stopped") else "finished"
+            self.writer.write_meta({"finished": now(), "status": status, "summary": s, "phases": self.phases})
             self.writer.close()
         self.state.wait_for_everyone()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
