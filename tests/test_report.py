@@ -81,6 +81,22 @@ def test_the_page_draws_the_saved_numbers_and_escapes_model_text(synthetic, tmp_
         assert html_escape(text) in html
 
 
+def test_a_saved_analysis_is_reused_only_from_the_same_code(synthetic, tmp_path):
+    from rlscope.report import build_report
+
+    saved = synthetic / "analysis" / "analysis.json"
+    build_report([synthetic], out=tmp_path / "a.html")
+    result = json.loads(saved.read_text())
+    result["analyses"]["aha"]["verdict"] = "MARKER"
+    saved.write_text(json.dumps(result))
+    build_report([synthetic], out=tmp_path / "b.html")
+    assert "MARKER" in (tmp_path / "b.html").read_text()  # fresh and from this code: reused
+    result["code"] = "other"
+    saved.write_text(json.dumps(result))
+    build_report([synthetic], out=tmp_path / "c.html")
+    assert "MARKER" not in (tmp_path / "c.html").read_text()  # other analysis code: recomputed
+
+
 def test_a_figure_the_run_cannot_draw_says_why(tmp_path):
     from rlscope.report import build_report
 

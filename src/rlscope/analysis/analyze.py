@@ -19,6 +19,18 @@ from rlscope.analysis.readers import read_run
 SCHEMA = 2  # the layout of analysis.json; a reader of a saved result with another schema recomputes it
 
 
+def code_fingerprint() -> str:
+    """A hash of the analysis code (the analyses, their statistics, the frame): a saved result from other code is
+    recomputed rather than shown (``rlscope report``)."""
+    import hashlib
+
+    root = Path(__file__).parent
+    h = hashlib.sha1()
+    for path in sorted([*root.glob("analyses/*.py"), root / "stats.py", root / "frame.py", root / "aliases.py"]):
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def analyze_frame(frame: RunFrame, names=None, options: dict | None = None) -> dict:
     """Every registered analysis (or ``names``) of a frame, as the JSON-ready result object."""
     t0 = time.perf_counter()
@@ -27,7 +39,7 @@ def analyze_frame(frame: RunFrame, names=None, options: dict | None = None) -> d
         t = time.perf_counter()
         results[name] = run_all(frame, [name], options)[name]
         timings[name] = round(time.perf_counter() - t, 3)
-    return {"schema": SCHEMA, "source": frame.source, "format": frame.format, "steps": frame.steps, "rl_steps": int(len(frame.rl_steps)),
+    return {"schema": SCHEMA, "code": code_fingerprint(), "source": frame.source, "format": frame.format, "steps": frame.steps, "rl_steps": int(len(frame.rl_steps)),
             "phases": frame.phases or None, "meta": frame.meta,
             "analyses": {n: r.to_json() for n, r in results.items()}, "seconds": round(time.perf_counter() - t0, 3),
             "timings": timings}

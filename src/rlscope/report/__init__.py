@@ -2,8 +2,8 @@
 several runs side by side (compare mode).
 
 The page is built from the analysis results (``rlscope analyze``; reused from ``<run>/analysis/analysis.json`` when
-it is newer than the run's metrics, else computed) and the run's logged series; figures are registered in
-:mod:`rlscope.report.figures` and only draw saved numbers. The Vega/Vega-Lite runtime comes inline from
+it is newer than the run's metrics and was written by the same analysis code, else computed) and the run's logged
+series; figures are registered in :mod:`rlscope.report.figures` and only draw saved numbers. The Vega/Vega-Lite runtime comes inline from
 ``vl-convert-python``'s bundle, so the file opens from disk with no network.
 """
 
@@ -39,10 +39,10 @@ def load_run(path, fmt: str | None = None, label: str | None = None) -> ReportRu
     if saved is not None and saved.exists() and metrics is not None and metrics.exists() \
             and saved.stat().st_mtime >= metrics.stat().st_mtime:
         result = json.loads(saved.read_text())
-        from rlscope.analysis.analyze import SCHEMA
+        from rlscope.analysis.analyze import SCHEMA, code_fingerprint
 
-        if result.get("schema") != SCHEMA or set(result.get("analyses", {})) != _analysis_names():
-            result = None  # written by an older rlscope: recompute
+        if result.get("schema") != SCHEMA or result.get("code") != code_fingerprint():
+            result = None  # written by other analysis code: recompute
     if result is None:
         result = analyze_frame(frame)
         result["read_seconds"] = round(time.perf_counter() - t0, 3)
@@ -51,12 +51,6 @@ def load_run(path, fmt: str | None = None, label: str | None = None) -> ReportRu
             saved.write_text(json.dumps(result, indent=2, default=str))
     name = label or (path.name if path.name not in ("", ".") else str(path))
     return ReportRun(name, frame, result, token_views(path) if path.is_dir() else {})
-
-
-def _analysis_names() -> set[str]:
-    from rlscope.analysis.analyses import ANALYSES
-
-    return set(ANALYSES.names())
 
 
 def token_views(run_dir: Path, steps: int = 12, rows: int = 4) -> dict:

@@ -62,7 +62,9 @@ def verdict_block(runs) -> str:
                     lines.append(f"<p>{who}{_esc(a.get('verdict'))}</p>")
                     level = _worse(level, a.get("severity", "ok"))
                 else:
-                    lines.append(f'<p class="missing">{who}{_esc(name)}: not measurable: {_esc(a.get("reason"))}</p>')
+                    reason = str(a.get("reason") or "not computed")
+                    reason = reason if reason.startswith("not measurable") else f"not measurable: {reason}"
+                    lines.append(f'<p class="missing">{who}{_esc(name)}: {_esc(reason)}</p>')
         parts.append(f'<div class="q {level}"><b>{_esc(question)}</b>{"".join(lines)}</div>')
     return '<div class="verdicts">' + "".join(parts) + "</div>"
 

@@ -83,8 +83,10 @@ def entropy_dynamics(frame, floor_share: float = 0.1) -> tuple[str, dict]:
         verdict += f": already at the floor ({floor:.3g}, {floor_share:.0%} of the start)"
     elif falling:
         verdict += (f", still falling ({tr['slope']:+.2e}/step, p {tr['p']:.1g}); at this pace ({proj['model']}) it "
-                    f"reaches the floor {floor:.3g} in about {to_floor} steps"
-                    + (" -- within another run of this length: collapse ahead" if warning else ""))
+                    + (f"reaches the floor {floor:.3g} in about {to_floor} steps" if to_floor
+                       else f"is at the floor {floor:.3g} within a step")
+                    + (" -- within another run of this length: collapse ahead" if warning and to_floor
+                       else ": the collapse is here" if warning else ""))
     elif rising:
         verdict += f", rising again ({tr['slope']:+.2e}/step, p {tr['p']:.1g}): an unexpected rise"
     else:
