@@ -21,6 +21,8 @@ def test_bad_alarm_options_get_one_clear_error():
         AlarmConfig.parse({"fire_at": "loud"})
     assert AlarmConfig.parse(False) is None and AlarmConfig.parse(True).detectors[0] == "entropy_collapse"
     assert "kl_drift" in AlarmConfig.parse({"stop_on": ["kl_drift"]}).detectors  # a stop_on detector runs
+    assert "plateau" not in AlarmConfig.parse(True).detectors  # on request only (see DEFAULT_DETECTORS)
+    assert "plateau" in AlarmConfig.parse({"detectors": ["entropy_collapse", "plateau"]}).detectors
 
 
 def _feed(alarms, control, series: dict, steps):

@@ -104,8 +104,8 @@ class RunArguments:
     # Parameters that control the live alarms and the console
     alarms: dict | str | None = field(default=None, metadata={
         "help": "Live alarms (rlscope.callbacks.alarms): 'true' (the default: entropy collapse, zero-advantage "
-                "groups, length, clip saturation, plateau, reward vs held-out, checked every 10 steps, firing at "
-                "warn), 'false', or a mapping of their options (YAML, or JSON), e.g. {every: 5, stop_on: "
+                "groups, length, clip saturation, reward vs held-out, checked every 10 steps, firing at "
+                "warn; plateau on request), 'false', or a mapping of their options (YAML, or JSON), e.g. {every: 5, stop_on: "
                 "[entropy_collapse], thresholds: {entropy_collapse: {floor_share: 0.2}}}."})
 
     console: str = field(default="compact", metadata={

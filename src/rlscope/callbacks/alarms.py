@@ -16,8 +16,10 @@ from transformers import TrainerCallback
 
 logger = logging.getLogger("rlscope.alarms")
 
-DEFAULT_DETECTORS = ("entropy_collapse", "zero_advantage", "length", "clip_saturation", "plateau",
-                     "reward_vs_heldout")
+# plateau is available (detectors=[..., "plateau"]) but not on by default: live, "no significant rise yet" is not
+# evidence of a plateau (the demo's accuracy was flat for its first 70 RL steps, then rose); it needs a test that
+# rules out a meaningful rise before it can warn mid-run.
+DEFAULT_DETECTORS = ("entropy_collapse", "zero_advantage", "length", "clip_saturation", "reward_vs_heldout")
 ADVICE = {
     "entropy_collapse": "raise exploration: clip-higher (epsilon_high), Clip-Cov / KL-Cov (cov_intervention), a "
                         "higher temperature, or a lower learning rate",
