@@ -82,8 +82,10 @@ class RunFrame:
         steps = table["step"].to_numpy(zero_copy_only=False).astype(np.int64)
         keep = ~np.isin(steps, np.fromiter(self.sft_steps, dtype=np.int64)) if self.sft_steps else np.ones(len(steps), bool)
         uniq = np.unique(steps[keep])
-        if max_steps is not None and len(uniq) > max_steps:
-            uniq = uniq[np.linspace(0, len(uniq) - 1, max_steps).round().astype(int)]
+        if max_steps is not None:
+            from rlscope.analysis.stats import even_indices
+
+            uniq = uniq[even_indices(len(uniq), max_steps)]
         keep &= np.isin(steps, uniq)
         idx = np.flatnonzero(keep)
         if per_step is not None:

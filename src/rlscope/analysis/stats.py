@@ -79,6 +79,19 @@ def trend(x: np.ndarray, y: np.ndarray) -> dict:
     return {"slope": float(slope), "slope_ci": [float(lo), float(hi)], "tau": float(tau), "p": float(p)}
 
 
+def mad_sigma(y) -> float:
+    """Noise level from the median absolute deviation: 1.4826 MAD (the standard deviation for Gaussian noise)."""
+    y = np.asarray(y, dtype=np.float64)
+    return 1.4826 * float(np.median(np.abs(y - np.median(y)))) if y.size else 0.0
+
+
+def even_indices(n: int, most: int) -> np.ndarray:
+    """At most ``most`` indices into ``range(n)`` spread evenly from the first to the last (all of them if n <= most)."""
+    if n <= most:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, most).round().astype(int))
+
+
 def robust_sigma(y: np.ndarray) -> float:
     """Noise level from first differences: MAD(diff) / (0.6745 sqrt 2), insensitive to trends and level shifts."""
     d = np.diff(np.asarray(y, dtype=np.float64))
@@ -94,7 +107,7 @@ def cliff(steps: np.ndarray, y: np.ndarray, z_min: float = 8.0, share_min: float
     if d.size < 8:
         return None
     med = float(np.median(d))
-    mad = 1.4826 * float(np.median(np.abs(d - med)))
+    mad = mad_sigma(d)
     if mad == 0:
         return None
     z = (d - med) / mad

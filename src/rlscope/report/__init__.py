@@ -60,13 +60,14 @@ def token_views(run_dir: Path, steps: int = 12, rows: int = 4) -> dict:
     tok_file = next(iter(sorted(run_dir.glob("models/*/tokenizer.json"))), None)
     if not dumps or tok_file is None:
         return {}
-    import numpy as np
     import torch
     from tokenizers import Tokenizer
 
+    from rlscope.analysis.stats import even_indices
+
     tok = Tokenizer.from_file(str(tok_file))
     out = {}
-    for path in [dumps[i] for i in np.unique(np.linspace(0, len(dumps) - 1, min(steps, len(dumps))).astype(int))]:
+    for path in [dumps[i] for i in even_indices(len(dumps), steps)]:
         data = torch.load(path, weights_only=True)
         if "completion_ids" not in data or "entropies" not in data or "mask" not in data:
             continue

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rlscope.analysis.stats import even_indices
 from rlscope.registry import Registry
 
 SEVERITY = ["ok", "info", "warn", "crit"]
@@ -62,9 +63,7 @@ def _rows(runs, names: dict[str, str], rl_only: bool = False) -> list[dict]:
 
 def _thin(s, v, most: int = 1500):
     """At most ``most`` points (evenly spaced) per series: the page stays small for long runs."""
-    if len(s) <= most:
-        return s, v
-    idx = np.unique(np.linspace(0, len(s) - 1, most).round().astype(int))
+    idx = even_indices(len(s), most)
     return s[idx], v[idx]
 
 
@@ -224,24 +223,21 @@ def behavior(runs):
         "tail? What drives it?")
 def entropy_bands(runs):
     alt = _alt()
-    bands, lines = [], _rows(runs, {"Cov(logp, A)": "rlscope/cov/mean"}, rl_only=True)
+    lines = _rows(runs, {"Cov(logp, A)": "rlscope/cov/mean"}, rl_only=True)
+    band_rows, med_rows = [], []
     for run in runs:
-        lo, hi = run.frame.series("rlscope/entropy/p10"), run.frame.series("rlscope/entropy/p90")
-        med = run.frame.series("rlscope/entropy/p50")
-        common = np.intersect1d(lo[0], hi[0])
-        for s in common:
-            bands.append({"run": run.label, "step": int(s), "p10": float(lo[1][lo[0] == s][0]),
-                          "p90": float(hi[1][hi[0] == s][0])})
-        s, v = _thin(*med)
-        bands_med = [{"run": run.label, "step": int(a), "p50": float(b)} for a, b in zip(s, v)]
-        bands += bands_med
-    if not any("p10" in b for b in bands) and not lines:
+        (ls, lv), (hs, hv) = run.frame.series("rlscope/entropy/p10"), run.frame.series("rlscope/entropy/p90")
+        steps, il, ih = np.intersect1d(ls, hs, return_indices=True)
+        keep = even_indices(len(steps), 1500)
+        band_rows += [{"run": run.label, "step": int(steps[k]), "p10": float(lv[il[k]]), "p90": float(hv[ih[k]])}
+                      for k in keep]
+        s, v = _thin(*run.frame.series("rlscope/entropy/p50"))
+        med_rows += [{"run": run.label, "step": int(a), "p50": float(b)} for a, b in zip(s, v)]
+    if not band_rows and not lines:
         raise NotDrawn("not measurable: entropy percentiles and Cov(logp, A) come from rlscope's entropy and cov "
                        "probes")
     charts = []
-    if any("p10" in b for b in bands):
-        band_rows = [b for b in bands if "p10" in b]
-        med_rows = [b for b in bands if "p50" in b]
+    if band_rows:
         layers = [alt.Chart(alt.Data(values=band_rows)).mark_area(opacity=0.25).encode(
             x=alt.X("step:Q"), y=alt.Y("p10:Q", title="token entropy (nats)"), y2="p90:Q", color=_color(alt, runs))]
         if med_rows:

@@ -40,6 +40,15 @@ pre.completion{white-space:pre-wrap;word-break:break-word;margin:0;font:12px/1.4
 """
 
 
+EMBED = """
+const specs = JSON.parse(document.getElementById('rlscope-specs').textContent);
+const jobs = Object.entries(specs).map(([id, spec]) =>
+  vegaEmbed('#' + id, spec, {actions: false, renderer: 'svg'}));
+Promise.all(jobs).then(() => { document.body.dataset.rendered = String(jobs.length); })
+  .catch(e => { document.body.dataset.rendered = 'error'; console.error(e); });
+"""  # renders every chart; the page's body says when all have (data-rendered = their count)
+
+
 def _json_for_script(obj) -> str:
     return json.dumps(obj).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
@@ -136,13 +145,6 @@ def render(runs, figures: list[tuple[str, str, str, dict | None, str | None]], b
         sections.append(f'<h3>{_esc(ftitle)}</h3><p class="sub">{_esc(question)}</p><div class="fig">{body}</div>')
     runs_line = ", ".join(f"{_esc(r.label)} ({_esc(r.result.get('format'))}, {r.result.get('rl_steps')} RL steps)"
                           for r in runs)
-    script = f"""
-const specs = JSON.parse(document.getElementById('rlscope-specs').textContent);
-const jobs = Object.entries(specs).map(([id, spec]) =>
-  vegaEmbed('#' + id, spec, {{actions: false, renderer: 'svg'}}));
-Promise.all(jobs).then(() => {{ document.body.dataset.rendered = String(jobs.length); }})
-  .catch(e => {{ document.body.dataset.rendered = 'error'; console.error(e); }});
-"""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="rlscope-figures" content="{len(drawn)}">
@@ -157,6 +159,6 @@ Promise.all(jobs).then(() => {{ document.body.dataset.rendered = String(jobs.len
 dumped (the tokens source's <code>dump_every</code>).</p>{rollout_browser(runs)}
 </main>
 <script type="application/json" id="rlscope-specs">{_json_for_script(specs)}</script>
-<script>{script}</script>
+<script>{EMBED}</script>
 </body></html>
 """

@@ -90,6 +90,11 @@ def register(name: str, *, requires: tuple[tuple[str, ...], ...] = (), outputs: 
 PERFORMANCE = ("heldout_accuracy", "train_accuracy", "reward")
 
 
+def fmt3(v) -> str:
+    """A number in a verdict (3 significant digits), ``?`` when it could not be computed."""
+    return "?" if v is None else f"{v:.3g}"
+
+
 def performance_series(frame: RunFrame, min_heldout: int = 6):
     """``(name, steps, values)`` of the run's performance: held-out accuracy when it has at least ``min_heldout``
     RL points, else training accuracy, else the training reward; ``(None, [], [])`` when the run has none."""

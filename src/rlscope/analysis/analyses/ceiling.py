@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 from rlscope.analysis import stats
-from rlscope.analysis.analyses import Skip, performance_series, register
+from rlscope.analysis.analyses import Skip, fmt3, performance_series, register
 
 MIN_POINTS = 10
 
@@ -109,7 +109,7 @@ def ceiling(frame, axis: str = "steps") -> tuple[str, dict]:
     fits = f["r2"] >= 0.5
     verdict = (f"{target.replace('_', ' ')} {'follows' if fits else 'fits poorly'} a sigmoid in RL {axis} "
                f"(R^2 {f['r2']:.2f}){'' if fits else ', so its asymptote is loose:'} A = {f['a']:.3g} "
-               f"[{_fmt(ci[0])}, {_fmt(ci[1])}] from R0 = {f['r0']:.3g}")
+               f"[{fmt3(ci[0])}, {fmt3(ci[1])}] from R0 = {f['r0']:.3g}")
     if values.get("forecast_end") is not None:
         verdict += (f"; fitted on the first half it forecasts {values['forecast_end']:.3g} at the end, where the run "
                     f"is at {values['actual_end']:.3g} (error {values['forecast_error']:+.3g})")
@@ -118,7 +118,3 @@ def ceiling(frame, axis: str = "steps") -> tuple[str, dict]:
     if values.get("entropy_law_ceiling") is not None:
         verdict += f"; the entropy law's ceiling is {values['entropy_law_ceiling']:.3g}"
     return verdict + ".", values
-
-
-def _fmt(v) -> str:
-    return "?" if v is None else f"{v:.3g}"

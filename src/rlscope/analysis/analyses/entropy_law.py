@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from rlscope.analysis import stats
-from rlscope.analysis.analyses import Skip, performance_series, register
+from rlscope.analysis.analyses import Skip, fmt3, performance_series, register
 
 MIN_PAIRS = 8
 BOOTSTRAP = 500
@@ -95,8 +95,7 @@ def law(frame, prefix_share: float = 0.2, seed: int = 0) -> dict:
 
 def _sample(steps, h, r, most: int) -> list[list[float]]:
     """[step, H, R] of at most ``most`` pairs spread evenly over the run (the report's scatter)."""
-    idx = np.unique(np.linspace(0, len(h) - 1, min(most, len(h))).round().astype(int))
-    return [[int(steps[i]), float(h[i]), float(r[i])] for i in idx]
+    return [[int(steps[i]), float(h[i]), float(r[i])] for i in stats.even_indices(len(h), most)]
 
 
 @register("entropy_law", requires=(("entropy",), ("heldout_accuracy", "train_accuracy", "reward")),
@@ -111,11 +110,7 @@ def entropy_law(frame, prefix_share: float = 0.2, seed: int = 0) -> tuple[str, d
             f"b = {f['b']:.3g}): at zero entropy it tops out at b - a = {f['ceiling']:.3g} [{ci[0]:.3g}, {ci[1]:.3g}]"
             if follows else
             f"{f['target'].replace('_', ' ')} does not follow the entropy law well (R^2 {f['r2']:.2f}, "
-            f"a = {f['a']:.3g} [{_fmt(f['a_ci'][0])}, {_fmt(f['a_ci'][1])}])")
+            f"a = {f['a']:.3g} [{fmt3(f['a_ci'][0])}, {fmt3(f['a_ci'][1])}])")
     tail = (f"; fitted on the steps up to {f['forecast_prefix_steps']}, it predicts the remaining {f['forecast_points']} "
             f"to RMSE {f['forecast_rmse']:.3g}." if f["forecast_rmse"] is not None else ".")
     return head + tail, f
-
-
-def _fmt(v) -> str:
-    return "?" if v is None else f"{v:.3g}"

@@ -286,7 +286,7 @@ def gradients(frame) -> dict | None:
     if g0 > 0 and g1 / g0 <= 0.05:
         parts.append(("warn", f"the gradient norm vanished: {g0:.3g} -> {g1:.3g}"))
     med = float(np.median(v))
-    mad = 1.4826 * float(np.median(np.abs(v - med)))
+    mad = stats.mad_sigma(v)
     spikes = [int(i) for i in np.flatnonzero((v - med) / (mad or 1e-12) > 8) if v[i] > 3 * max(med, 1e-12)] \
         if mad > 0 else []
     if spikes:
@@ -314,7 +314,7 @@ def reward_composition(frame) -> dict | None:
         return None
 
     def shares(part):
-        spread = {k: (1.4826 * float(np.median(np.abs(x - np.median(x))))) ** 2 for k, x in part.items()}
+        spread = {k: stats.mad_sigma(x) ** 2 for k, x in part.items()}
         total = sum(spread.values())
         return {k: (v / total if total > 0 else 1 / len(spread)) for k, v in spread.items()}
 
@@ -348,7 +348,7 @@ def plateau(frame, th: dict | None = None) -> dict | None:
     window = min(max(int(0.35 * len(v)), 12), len(v))
     rs, rv = s[-window:].astype(float), v[-window:]
     tr = stats.trend(rs, rv)
-    noise = 1.4826 * float(np.median(np.abs(rv - np.median(rv)))) or 1e-12
+    noise = stats.mad_sigma(rv) or 1e-12
     snr = abs(tr["slope"]) * float(rs[-1] - rs[0]) / noise
     from rlscope.analysis.analyses.aha import level_shifts
 
