@@ -384,15 +384,17 @@ def run_detectors(frame, names=None, overrides: dict | None = None) -> tuple[dic
     return checks, missing
 
 
-def timeline(frame, cuts: int = 8) -> list[dict]:
+def timeline(frame, cuts: int = 8, final: dict | None = None) -> list[dict]:
     """The detectors' severities as the run went: each detector on the run up to ``cuts`` evenly spaced RL steps
-    (``{"step", "severity": {detector: level}}``) -- when a problem started, for the report."""
+    (``{"step", "severity": {detector: level}}``) -- when a problem started, for the report. ``final``: the
+    findings on the whole run, when already computed (the last cut is the whole run)."""
     rl = frame.rl_steps
     if len(rl) < 2 * cuts:
         return []
     out = []
     for step in np.unique(rl[np.linspace(len(rl) // cuts, len(rl) - 1, cuts).round().astype(int)]):
-        checks, _ = run_detectors(frame.until(int(step)))
+        whole = final is not None and step >= frame._all_steps()[-1]  # this cut is the whole run
+        checks = final if whole else run_detectors(frame.until(int(step)))[0]
         out.append({"step": int(step), "severity": {n: c["severity"] for n, c in checks.items()}})
     return out
 
@@ -413,4 +415,4 @@ def health(frame) -> tuple[str, dict]:
     if missing:
         verdict += f"; not measurable here: {', '.join(missing)}"
     return verdict + ".", {"severity": status, "alarms": alarms, "checks": checks, "not_measured": missing,
-                           "timeline": timeline(frame)}
+                           "timeline": timeline(frame, final=checks)}
