@@ -123,31 +123,60 @@ def test_wandb_api_rows_with_a_fake_client(monkeypatch):
 @pytest.mark.slow
 def test_an_rlscope_run_reads_back_from_its_offline_wandb_file_like_the_store(tmp_path, monkeypatch):
     """A real tiny run with an SFT warm start (so rlscope's axis is offset from the trainer's) logged to W&B offline:
-    the .wandb file, read with wandb's protobuf classes, gives the store's series on the same steps."""
+    the .wandb file, read with wandb's protobuf classes, gives the store's series on the same steps -- the SFT phase's
+    too -- and holds the end-of-run analysis: summary, figures, report panel and artifact."""
     from helpers import run_recipe
+
+    from rlscope.analysis.readers import wandb_run
 
     for var in ("WANDB_API_KEY", "WANDB_DIR", "WANDB_MODE"):
         monkeypatch.delenv(var, raising=False)
-    run_recipe(tmp_path, "tiny_sft_then_dapo.yaml", "--sft_steps", "3", "--sft_batch_size", "8", "--max_steps", "3",
-               "--run_name", "w", "--report_to", "wandb", "--eval_heldout", "false", "--dynamic_sampling", "false",
-               "--probes", "entropy", "cov", "behavior", "--probe_every", '{"passk": "off", "weights": "off"}',
-               "--probe_options", '{"tokens": {"table_every": 0}}')
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))  # no credentials: offline
+    s = run_recipe(tmp_path, "tiny_sft_then_dapo.yaml", "--sft_steps", "3", "--sft_batch_size", "8",
+                   "--max_steps", "3", "--run_name", "w", "--report_to", "wandb", "--eval_heldout", "false",
+                   "--dynamic_sampling", "false", "--probes", "entropy", "cov", "behavior",
+                   "--probe_every", '{"passk": "off", "weights": "off"}', "--probe_options", '{"tokens": {"table_every": 0}}')
     import wandb
 
-    if wandb.run is not None:
-        wandb.finish()
+    assert wandb.run is None  # the recipe finished its W&B run
     store = read_run(tmp_path / "w")
     wb = read_run(tmp_path / "w" / "wandb", fmt="wandb")
     assert wb.meta["step_offset"] == 3 and wb.meta["complete"]
     for name in ("rlscope/entropy/mean", "rlscope/cov/mean", "rlscope/behavior/length_mean", "loss", "reward",
-                 "entropy", "grad_norm"):
-        s1, v1 = store.series(name)
-        s2, v2 = wb.series(name)
+                 "entropy", "grad_norm", "sft/loss", "sft/grad_norm", "sft/summary/train_runtime"):
+        s1, v1 = store.series(name, rl_only=False)
+        s2, v2 = wb.series(name, rl_only=False)
         assert s1.tolist() == s2.tolist(), name
         # TRL logs the reward on the steps that generated (steps_per_generation 2), the rest every step
-        assert s1.tolist() == ([4, 6] if name == "reward" else [4, 5, 6]), name
+        expected = [1, 2, 3] if name in ("sft/loss", "sft/grad_norm") else [3] if name.startswith("sft/summary") \
+            else [4, 6] if name == "reward" else [4, 5, 6]
+        assert s1.tolist() == expected, name
         assert v2 == pytest.approx(v1, rel=1e-6), name
-    assert store.phases["sft"] == [1, 3] and wb.series("sft/loss")[0].size == 0  # the SFT phase is not in W&B yet
+    # every row of the run is on rlscope's axis, the trainer's own rows included
+    rows, _ = wandb_run.history_rows(wandb_run.run_files(tmp_path / "w" / "wandb")[0])
+    trainer_rows = [r for r in rows if "train/loss" in r or "train/sft/loss" in r]
+    assert trainer_rows and all("train/rlscope/step" in r for r in trainer_rows)
+    # the analysis at the end of the run, in the same W&B run
+    analysis = json.loads((tmp_path / "w" / "analysis" / "analysis.json").read_text())
+    summary = wandb_run.summary(tmp_path / "w" / "wandb")
+    for name, r in analysis["analyses"].items():
+        assert summary[f"rlscope/analysis/{name}/status"] == r["status"]
+        assert summary[f"rlscope/analysis/{name}/verdict"] == r["verdict"]
+    assert summary["rlscope/analysis/health/severity"] == analysis["analyses"]["health"]["severity"]
+    media = wandb_run.media(tmp_path / "w" / "wandb")
+    drawn = s["analysis"]["wandb"]["figures"]
+    assert drawn and "dynamics" in drawn
+    assert {f"rlscope/analysis/figure/{f}" for f in drawn} <= {k for k, v in media.items() if v == "image-file"}
+    assert media["rlscope/analysis/report"] == "html-file" and media["rlscope/analysis/verdicts"] == "table-file"
+    run_dir = wandb_run.run_files(tmp_path / "w" / "wandb")[0].parent
+    for f in drawn:  # the images W&B will upload are the report's figures, rendered
+        png = next((run_dir / "files" / "media" / "images" / "rlscope" / "analysis" / "figure").glob(f"{f}_*.png"))
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    html = next((run_dir / "files" / "media" / "html" / "rlscope" / "analysis").glob("report_*.html")).read_text()
+    assert html == (tmp_path / "w" / "analysis" / "report.html").read_text()
+    artifact = next(a for a in wandb_run.artifacts(tmp_path / "w" / "wandb") if a["type"] == "rlscope-analysis")
+    assert sorted(artifact["files"]) == ["analysis.json", "report.html"]
+    assert json.loads((tmp_path / "w" / "meta.json").read_text())["wandb"]["mode"] == "offline"
 
 
 def test_a_torn_wandb_file_keeps_what_came_before(tmp_path):

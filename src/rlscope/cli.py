@@ -43,6 +43,13 @@ def cmd_demo(ns) -> int:
               f"crossover k (base >= RL): {cross}")
     print(f"RL: {s['rl_steps_per_second']:.2f} steps/s; wall time {s['wall_seconds'] / 60:.1f} min")
     print(f"run directory: {s['run_dir']}  (metrics.jsonl, rollouts.jsonl, evals.jsonl, models/, checkpoints/)")
+    a = s.get("analysis") or {}
+    if a.get("report"):
+        where = " and into its W&B run" + (" (offline: wandb sync uploads it)" if a.get("wandb", {}).get("mode") ==
+                                           "offline" else "") if a.get("wandb") else ""
+        print(f"analysis: {a['path']}; report (open in a browser): {a['report']}{where}")
+    elif a.get("error"):
+        print(f"analysis failed ({a['error']}): rlscope analyze {s['run_dir']}")
     return 0
 
 
@@ -110,14 +117,31 @@ def cmd_analyze(ns) -> int:
 
     if ns.out is not None and len(ns.paths) > 1:
         raise SystemExit("rlscope analyze: --out takes one run at a time (each run writes its own analysis.json)")
+    if ns.wandb:
+        from pathlib import Path
+
+        from rlscope import wandb_io
+        from rlscope.report import build_report
+
+        for path in ns.paths:
+            wandb_io.require_run(path)  # before any work: one message naming what --wandb needs
     results = []
     for path in ns.paths:
         result = analyze(path, fmt=ns.format, out=ns.out)
         results.append(result)
+        if ns.wandb:
+            out = Path(result["written_to"]).parent / "report.html" if result.get("written_to") else None
+            report = build_report([path], out=out, fmt=ns.format, keep_specs=True)
+            result["report"] = report["report"]
+            result["wandb"] = wandb_io.analyze_into_wandb(path, result, report)
         if not ns.json:
             print_table(result)
             where = result.get("written_to") or "not written (a foreign log: give --out DIR to keep the results)"
             print(f"results: {where}")
+            if ns.wandb:
+                w = result["wandb"]
+                print(f"W&B: into run {w['project']}/{w['id']} ({w['mode']}; {w['summary']} summary items, "
+                      f"{len(w['figures'])} figures, artifact {w['artifact']}; report {result['report']})")
     if ns.json:
         print(json.dumps(results[0] if len(results) == 1 else {"runs": results}, default=str))
     return 0
@@ -225,6 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--format", default=None, help="the log format, when detection from the path is not enough "
                                                    "(rlscope, wandb, wandb_api, trainer_state, tensorboard, "
                                                    "verl_log, csv)")
+    an.add_argument("--wandb", action="store_true", help="also write the analysis into the W&B run the path logged "
+                                                         "to (resumed): verdicts and numbers in its summary as "
+                                                         "rlscope/analysis/<name>/<stat>, the figures, the report as "
+                                                         "an HTML panel and an artifact; online with credentials, "
+                                                         "else offline beside the run's files (wandb sync uploads)")
     an.set_defaults(func=cmd_analyze)
     rp = sub.add_parser("report", help="one self-contained HTML page (opens from disk, no network) answering the "
                                        "analyses' questions with figures and a rollout browser; several runs: a "

@@ -48,9 +48,9 @@ class RunArguments:
 
     schedule, schedule_config, interleave_sft_batch_size, sft_steps, sft_learning_rate, sft_batch_size
 
-    > Parameters that control held-out evaluation and the run store
+    > Parameters that control held-out evaluation, the run store and the analysis at the end
 
-    eval_heldout, eval_samples, rollout_log_every
+    eval_heldout, eval_samples, rollout_log_every, analyze
 
     > Parameters that control the probes (``rlscope probes`` lists them, their options and default cadences)
 
@@ -81,12 +81,16 @@ class RunArguments:
     sft_learning_rate: float = field(default=1e-3, metadata={"help": "SFT learning rate."})
     sft_batch_size: int = field(default=64, metadata={"help": "SFT batch size per device."})
 
-    # Parameters that control held-out evaluation and the run store
+    # Parameters that control held-out evaluation, the run store and the analysis at the end
     eval_heldout: bool = field(default=True, metadata={
         "help": "Greedy held-out accuracy before and after RL (main process)."})
     eval_samples: int = field(default=8, metadata={
         "help": "Held-out sampled pass@1: samples per prompt at temperature 1 (0 = greedy only)."})
     rollout_log_every: int = field(default=1, metadata={"help": "Store rollouts every N steps (0 = never)."})
+    analyze: bool = field(default=True, metadata={
+        "help": "At the end of the run: every analysis (`rlscope analyze`, to analysis/analysis.json) and the HTML "
+                "report (analysis/report.html); with report_to wandb, both go into the run's W&B run too (verdicts "
+                "and numbers in its summary, the figures as images, the report as an HTML panel and an artifact)."})
 
     # Parameters that control the probes
     probes: list[str] = field(default_factory=lambda: list(DEFAULT_PROBES), metadata={

@@ -3,7 +3,9 @@
 :class:`RecipeRun` does it in named steps, each a method: set up the run directory, set up the model (the embedded
 ``tiny`` one is built inside the run), the SFT warm start (schedule ``warm_start``), set up the trainer (DAPO, or the
 interleaving trainer for an SFT-RL schedule), attach the probes -- with ``rlscope.attach``, as any user would --,
-evaluate on the held-out split, train, save, evaluate again, summarize. Everything lands in ``runs/<name>/``.
+evaluate on the held-out split, train, save, evaluate again, summarize, analyze (every analysis and the report), finish.
+Everything lands in ``runs/<name>/``; with ``report_to wandb`` the recipe opens one W&B run for all of it (the SFT warm
+start, RL, the analysis), online with credentials and offline under ``runs/<name>/wandb`` without.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from rlscope.recipe import WARM_START, RunArguments, parse_recipe
@@ -39,6 +42,7 @@ class RecipeRun:
         self.run_args, self.cfg, self.model_args = run_args, cfg, model_args
         self.quiet, self.callbacks = quiet, tuple(callbacks)
         self.offset, self.phases, self.summary = 0, {}, {}
+        self.wandb_run = None
 
     def run(self) -> dict:
         self.setup_run_dir()
@@ -50,7 +54,9 @@ class RecipeRun:
         self.train()
         self.save()
         self.evaluate("after")
-        return self.summarize()
+        self.summarize()
+        self.analyze()
+        return self.finish()
 
     # -- steps -------------------------------------------------------------------------------------------------------
     def setup_run_dir(self) -> None:
@@ -70,27 +76,47 @@ class RecipeRun:
         self.writer = RunWriter(self.run_dir)
         self.task = get_task(run_args.task, **run_args.task_config)
         if self.main:
-            self.writer.write_config({"run": dataclasses.asdict(run_args), "model": dataclasses.asdict(self.model_args),
-                                      "training": cfg.to_dict()})
+            config = {"run": dataclasses.asdict(run_args), "model": dataclasses.asdict(self.model_args),
+                      "training": cfg.to_dict()}
+            self.writer.write_config(config)
             self.writer.write_meta({"versions": _versions(), "world_size": self.state.num_processes, "seed": cfg.seed,
                                     "task": run_args.task, "model": self.model_args.model_name_or_path,
                                     "distributed_type": str(self.state.distributed_type), "started": now(),
                                     "argv": sys.argv, "status": "running"})
+            if self.reports_wandb:
+                self._open_wandb(config)
 
-    def _setup_wandb(self) -> None:
+    @property
+    def reports_wandb(self) -> bool:
         from rlscope.common import reports_to_wandb
 
-        if reports_to_wandb(self.cfg.report_to):
+        return reports_to_wandb(self.cfg.report_to)
+
+    def _setup_wandb(self) -> None:
+        """W&B's environment (every process): files under the run directory, offline without credentials."""
+        if self.reports_wandb:
+            from rlscope import wandb_io
+
             os.environ.setdefault("WANDB_DIR", str(self.run_dir))
             os.environ.setdefault("WANDB_PROJECT", "rlscope")
-            if not os.environ.get("WANDB_API_KEY") and "WANDB_MODE" not in os.environ:
-                os.environ["WANDB_MODE"] = "offline"  # no credentials: files under runs/<name>/wandb
+            os.environ.setdefault("WANDB_MODE", wandb_io.mode())  # no credentials: offline, under runs/<name>/wandb
             os.environ.setdefault("WANDB_SILENT", "true")
             if "wandb" in sys.modules:  # W&B reads the environment once per process, at its first setup: a second
                 import wandb  # run in the same process would write into the first run's directory
 
                 if wandb.run is None:
                     wandb.teardown()
+
+    def _open_wandb(self, config: dict) -> None:
+        """The run's one W&B run (main process), opened before the SFT warm start so both phases and the analysis
+        land in it; a resumed run continues the W&B run its ``meta.json`` names."""
+        from rlscope import wandb_io
+        from rlscope.store import RunReader
+
+        previous = RunReader(self.run_dir).meta().get("wandb") if self.cfg.resume_from_checkpoint else None
+        self.wandb_run = wandb_io.open_run(self.run_dir, self.cfg.run_name, config,
+                                           run_id=(previous or {}).get("id"), project=(previous or {}).get("project"))
+        self.writer.write_meta({"wandb": wandb_io.run_info(self.wandb_run)})
 
     def setup_model(self) -> None:
         """Resolve the model: ``tiny`` is built into the run, ``tiny-sft`` comes from the cache, else a path/hub id."""
@@ -112,7 +138,6 @@ class RecipeRun:
         continues from that checkpoint at N + 1. A resumed run reuses the phase's saved model."""
         if self.run_args.schedule != WARM_START:
             return
-        from rlscope.callbacks import attach
         from rlscope.trainers.sft import run_sft
 
         sft_dir = self.run_dir / "models" / "sft"
@@ -134,7 +159,7 @@ class RecipeRun:
         from rlscope.callbacks import attach
         from rlscope.callbacks.console import install_console
 
-        obs = attach(trainer, self.run_dir, probes=(), log_prefix="sft/", alarms=False)
+        obs = attach(trainer, self.run_dir, probes=(), log_prefix="sft/", alarms=False, wandb=self.reports_wandb)
         install_console(trainer, self.console, obs, desc="SFT")
 
     def setup_trainer(self) -> None:
@@ -222,9 +247,7 @@ class RecipeRun:
             self.tokenizer.save_pretrained(str(final_dir))
 
     def summarize(self) -> dict:
-        """The summary dict (returned, and written to ``meta.json``); ends the process group of a distributed run."""
-        import torch
-
+        """The summary dict (returned, and written to ``meta.json``); the run store is complete after it."""
         s, offset = self.summary, self.offset
         s.update({"run_dir": str(self.run_dir), "world_size": self.state.num_processes})
         if hasattr(self.trainer, "decisions"):  # interleaving: which steps were SFT / mixed (the analysis shades them)
@@ -255,10 +278,48 @@ class RecipeRun:
             status = "stopped by alarm" if s.get("stopped") else "finished"
             self.writer.write_meta({"finished": now(), "status": status, "summary": s, "phases": self.phases})
             self.writer.close()
+        return s
+
+    def analyze(self) -> None:
+        """``analyze``: every analysis of the finished run (``analysis/analysis.json``) and its report
+        (``analysis/report.html``), on the main process; with W&B, both into the run's W&B run."""
+        if not (self.run_args.analyze and self.main):
+            return
+        from rlscope.analysis.analyze import analyze
+        from rlscope.report import build_report
+
+        t = time.time()
+        try:
+            result = analyze(self.run_dir)
+            report = build_report([self.run_dir], keep_specs=self.wandb_run is not None)
+            self.summary["analysis"] = {"path": result["written_to"], "report": report["report"],
+                                        "verdicts": {n: r["verdict"] for n, r in result["analyses"].items()}}
+            if self.wandb_run is not None:
+                from rlscope import wandb_io
+
+                written = wandb_io.publish_analysis(self.wandb_run, result, report, step=result.get("last_step"))
+                self.summary["analysis"]["wandb"] = written
+        except Exception as exc:  # the run itself is done and saved: a failed analysis must not fail it
+            import traceback
+
+            warnings.warn(f"rlscope: the end-of-run analysis failed ({type(exc).__name__}: {exc}); the run is "
+                          f"complete -- run `rlscope analyze {self.run_dir}` to retry\n{traceback.format_exc()}",
+                          stacklevel=2)
+            self.summary["analysis"] = {"error": f"{type(exc).__name__}: {exc}"}
+        self.summary["analysis"]["seconds"] = round(time.time() - t, 2)
+        self.writer.write_meta({"summary": self.summary})
+
+    def finish(self) -> dict:
+        """Close the W&B run; end the process group of a distributed run. Returns the summary."""
+        import torch
+
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+            self.wandb_run = None
         self.state.wait_for_everyone()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()  # ZeRO-3 runs can abort at exit without it
-        return s
+        return self.summary
 
 
 def run(run_args: RunArguments, cfg, model_args, quiet: bool = False, callbacks: tuple = ()) -> dict:

@@ -39,7 +39,8 @@ def analyze_frame(frame: RunFrame, names=None, options: dict | None = None) -> d
         t = time.perf_counter()
         results[name] = run_all(frame, [name], options)[name]
         timings[name] = round(time.perf_counter() - t, 3)
-    return {"schema": SCHEMA, "code": code_fingerprint(), "source": frame.source, "format": frame.format, "steps": frame.steps, "rl_steps": int(len(frame.rl_steps)),
+    return {"schema": SCHEMA, "code": code_fingerprint(), "source": frame.source, "format": frame.format, "steps": frame.steps,
+            "last_step": frame.last_step, "rl_steps": int(len(frame.rl_steps)),
             "phases": frame.phases or None, "meta": frame.meta,
             "analyses": {n: r.to_json() for n, r in results.items()}, "seconds": round(time.perf_counter() - t0, 3),
             "timings": timings}

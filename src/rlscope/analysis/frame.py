@@ -139,6 +139,12 @@ class RunFrame:
         return int(self._all_steps().size)
 
     @property
+    def last_step(self) -> int | None:
+        """The last step with any metric (None for an empty frame)."""
+        steps = self._all_steps()
+        return int(steps[-1]) if steps.size else None
+
+    @property
     def rl_steps(self) -> np.ndarray:
         """The distinct steps with any metric, SFT steps left out."""
         all_steps = self._all_steps()

@@ -10,7 +10,7 @@ from rlscope.registry import UnknownName
 
 
 def attach(trainer, run_dir=None, *, probes=None, step_offset: int = 0, log_prefix: str = "", alarms=None,
-           **families) -> Observatory:
+           wandb: bool = False, **families) -> Observatory:
     """Attach the probe engine to ``trainer`` (a ``transformers.Trainer``: TRL's GRPOTrainer, SFTTrainer, a plain
     Trainer) and return it.
 
@@ -24,6 +24,9 @@ def attach(trainer, run_dir=None, *, probes=None, step_offset: int = 0, log_pref
     * ``alarms``: live alarms (:mod:`rlscope.callbacks.alarms`): ``True``, ``False`` or a dict of
       :class:`~rlscope.callbacks.alarms.AlarmConfig` fields (``every``, ``fire_at``, ``detectors``, ``stop_on``,
       ``thresholds``); default: on for a ``trl.GRPOTrainer``. The engine's ``alarms`` attribute holds them.
+    * W&B: with ``report_to`` including ``wandb``, rlscope's results go into the trainer's W&B run on the axis
+      ``train/rlscope/step`` (every trainer row carries it too); ``wandb=True`` logs into the W&B run already open in
+      this process (``wandb.init``) even when the trainer reports elsewhere, the trainer's own logs included.
     """
     from rlscope.callbacks.alarms import AlarmConfig, Alarms
 
@@ -41,7 +44,8 @@ def attach(trainer, run_dir=None, *, probes=None, step_offset: int = 0, log_pref
         else:
             raise UnknownName("probe or source", name, [*PROBES.names(), *SOURCES.names()],
                               plural="probes and sources")
-    obs = Observatory(spec, sources=sources, run_dir=run_dir, step_offset=step_offset, log_prefix=log_prefix)
+    obs = Observatory(spec, sources=sources, run_dir=run_dir, step_offset=step_offset, log_prefix=log_prefix,
+                      wandb=wandb)
     config = AlarmConfig.parse(isinstance(trainer, GRPOTrainer) if alarms is None else alarms)
     obs.bind(trainer)
     trainer.add_callback(obs)

@@ -29,7 +29,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from rlscope.cadence import Cadence
-from rlscope.callbacks.publish import Publisher
+from rlscope.callbacks.publish import LOG_STEP_KEY, Publisher, StepAxis
 from rlscope.callbacks.sources import SOURCES, Context, Source
 from rlscope.common import reports_to_wandb
 from rlscope.probes import PROBES, Probe
@@ -127,10 +127,12 @@ class Observatory(TrainerCallback):
             None = no store (W&B and ``history`` only).
         step_offset: where this trainer's step 0 lies on the run's step axis.
         log_prefix: prefix of the trainer's own logs in the store (e.g. ``sft/`` for an SFT phase).
+        wandb: log into the W&B run open in this process although the trainer does not report to W&B -- its own logs
+            too, as ``train/<log_prefix><name>`` on rlscope's step (a recipe's SFT warm start).
     """
 
     def __init__(self, probes=None, *, every=None, options=None, sources=None, run_dir=None, writer=None,
-                 step_offset: int = 0, log_prefix: str = ""):
+                 step_offset: int = 0, log_prefix: str = "", wandb: bool = False):
         self.runs, source_opts = plan(probes, every, options, sources)
         self.sources: dict[str, Source] = {name: SOURCES.get(name).build(opts) for name, opts in source_opts.items()}
         for run in self.runs.values():
@@ -143,6 +145,7 @@ class Observatory(TrainerCallback):
         self.run_dir = Path(run_dir) if run_dir is not None else (writer.dir if writer is not None else None)
         self.publisher = Publisher(writer, log_prefix)
         self.step_offset = step_offset
+        self.wandb = wandb  # log into the open W&B run even when the trainer does not report to W&B
         self.state: dict[str, dict] = defaultdict(dict)
         self.history: list[tuple[int, str, dict[str, float]]] = []
         self.last: dict[str, float] = {}
@@ -156,7 +159,11 @@ class Observatory(TrainerCallback):
         if self.trainer is not None:
             raise RuntimeError("this Observatory is already bound to a trainer; make one per trainer")
         self.trainer = trainer
-        self.publisher.report_wandb = reports_to_wandb(trainer.args.report_to)
+        own = reports_to_wandb(trainer.args.report_to)
+        self.publisher.report_wandb = own or bool(self.wandb)
+        self.publisher.trainer_logs_to_wandb = bool(self.wandb) and not own
+        if own:
+            StepAxis.install(trainer, self.step_offset)
         for source in self.sources.values():
             source.bind(trainer, self)
         return self
@@ -205,6 +212,8 @@ class Observatory(TrainerCallback):
             self.publisher.close()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is not None:
+            logs.pop(LOG_STEP_KEY, None)  # StepAxis's key was for the W&B callback only
         if state.is_world_process_zero:
             self.publisher.trainer_logs(self.step_offset + state.global_step, logs or {})
             self.publisher.flush()

@@ -5,12 +5,19 @@
   step axis ``train/rlscope/step`` (histograms, curves and tables as W&B media).
 * The trainer's own logs (every ``Trainer.log``: TRL's metrics, rlscope's trainer metrics) to ``metrics.jsonl`` at the
   run's step; the end-of-training summary under ``summary/``; a phase prefix (``sft/``) when given.
-* W&B payloads wait in a queue until a W&B run exists (``report_to wandb`` starts it in the trainer's W&B callback).
+* W&B payloads wait in a queue until a W&B run exists (``report_to wandb`` starts it in the trainer's W&B callback;
+  rlscope's recipes start it themselves). rlscope's step is W&B's default x-axis (``*`` -> ``train/rlscope/step``),
+  and every row carries it: the trainer's own rows get it from :class:`StepAxis`, which runs just before
+  transformers' ``WandbCallback``; a trainer without a W&B callback of its own (the recipe's SFT warm start) has its
+  logs sent by the publisher, under ``train/<prefix><name>``.
 """
 
 from __future__ import annotations
 
 import math
+import sys
+
+from transformers import TrainerCallback
 
 from rlscope.probes import Curves, Histogram, Records, Table
 
@@ -34,7 +41,7 @@ class WandbQueue:
         self.flush()
 
     def flush(self) -> None:
-        if not self._items:
+        if "wandb" not in sys.modules and not self._items:
             return
         try:
             import wandb
@@ -43,9 +50,9 @@ class WandbQueue:
             return
         if wandb.run is None:
             return
-        if not self._axis:
+        if not self._axis:  # after transformers' W&B callback made train/global_step the axis of everything
             wandb.define_metric(STEP_KEY)
-            wandb.define_metric("train/rlscope/*", step_metric=STEP_KEY)
+            wandb.define_metric("*", step_metric=STEP_KEY, step_sync=True)
             self._axis = True
         for step, factory, trainer_step in self._items:
             payload = factory(wandb)
@@ -71,18 +78,50 @@ def to_wandb(wandb, key: str, value) -> dict:
     return {}
 
 
+class StepAxis(TrainerCallback):
+    """A trainer callback placed just before transformers' ``WandbCallback``: it adds rlscope's step to every
+    ``Trainer.log`` so the trainer's own W&B rows carry the run's axis (after an SFT warm start the trainer's step is
+    offset from it); the engine removes the key again before anything else sees the logs."""
+
+    def __init__(self, step_offset: int = 0):
+        self.step_offset = step_offset
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is not None:
+            logs[LOG_STEP_KEY] = self.step_offset + state.global_step
+
+    @staticmethod
+    def install(trainer, step_offset: int) -> bool:
+        """Insert before the trainer's ``WandbCallback``; False when it has none (nothing to do)."""
+        from transformers.integrations import WandbCallback
+
+        callbacks = trainer.callback_handler.callbacks
+        at = next((i for i, c in enumerate(callbacks) if isinstance(c, WandbCallback)), None)
+        if at is None:
+            return False
+        callbacks.insert(at, StepAxis(step_offset))
+        return True
+
+
 class Publisher:
-    """Writes to ``writer`` (a :class:`rlscope.store.RunWriter`, or None) and W&B; call on the main process only."""
+    """Writes to ``writer`` (a :class:`rlscope.store.RunWriter`, or None) and W&B; call on the main process only.
+
+    ``report_wandb``: send probe results to W&B; ``trainer_logs_to_wandb``: send the trainer's own logs too (for a
+    trainer that reports to no W&B run itself)."""
 
     def __init__(self, writer=None, log_prefix: str = ""):
         self.writer, self.log_prefix = writer, log_prefix
         self.report_wandb = False
+        self.trainer_logs_to_wandb = False
         self._wandb = WandbQueue()
 
     def begin(self, step: int) -> None:
-        """Training starts (or resumes) at ``step``: records of later steps are dropped (they run again)."""
+        """Training starts (or resumes) at ``step``: records of later steps are dropped (they run again); W&B's axis
+        is defined now, before the trainer's first rows."""
         if self.writer is not None:
             self.writer.truncate_after(step)
+        if self.report_wandb:
+            self._wandb.flush()
 
     def probe_result(self, step: int, name: str, result: dict, trainer_step: int | None = None) -> dict[str, float]:
         """Publish one probe's result at ``step`` (the run's step; ``trainer_step``: the trainer's, for W&B); returns
@@ -123,13 +162,19 @@ class Publisher:
 
     def trainer_logs(self, step: int, logs: dict) -> None:
         """One ``Trainer.log`` call (the end-of-training summary shares the last step: its names go under summary/)."""
-        if self.writer is None or not logs:
+        if not logs:
             return
         prefix = self.log_prefix + ("summary/" if "train_runtime" in logs else "")
-        self.writer.log_metrics(step, {f"{prefix}{k}": v for k, v in logs.items()})
+        named = {f"{prefix}{k}": v for k, v in logs.items()}
+        if self.writer is not None:
+            self.writer.log_metrics(step, named)
+        if self.trainer_logs_to_wandb:
+            self._to_wandb(step, {k: float(v) for k, v in named.items()
+                                  if isinstance(v, (int, float)) and not isinstance(v, bool)})
 
     def flush(self) -> None:
-        self._wandb.flush()
+        if self.report_wandb:
+            self._wandb.flush()
 
     def close(self) -> None:
         self.flush()

@@ -85,8 +85,9 @@ def _item(t, i):
     return None if t is None or t.dim() == 0 or i >= t.shape[0] else float(t[i])
 
 
-def build_report(paths, out=None, fmt: str | None = None, labels=None) -> dict:
-    """Write the report of one run (or the compare page of several); returns {path, bytes, seconds, figures, ...}."""
+def build_report(paths, out=None, fmt: str | None = None, labels=None, keep_specs: bool = False) -> dict:
+    """Write the report of one run (or the compare page of several); returns {path, bytes, seconds, figures, ...}
+    (``keep_specs``: and each drawn figure's Vega-Lite spec under ``specs``, e.g. to render it for W&B)."""
     import altair  # noqa: F401  (the figures' library; imported here so a missing install fails before any work)
     import vl_convert as vlc
     from altair.utils._importers import vl_version_for_vl_convert
@@ -120,6 +121,9 @@ def build_report(paths, out=None, fmt: str | None = None, labels=None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
     drawn = [f[0] for f in figures if f[3] is not None]
-    return {"report": str(out), "bytes": out.stat().st_size, "seconds": round(time.perf_counter() - t0, 2),
+    info = {"report": str(out), "bytes": out.stat().st_size, "seconds": round(time.perf_counter() - t0, 2),
             "runs": [r.label for r in runs], "figures": drawn,
             "not_drawn": {f[0]: f[4] for f in figures if f[3] is None}}
+    if keep_specs:
+        info["specs"] = {f[0]: f[3] for f in figures if f[3] is not None}
+    return info

@@ -119,6 +119,7 @@ def dynamics(runs):
     ent = _rows(runs, {"entropy": "entropy"})
     perf = _rows(runs, {"held-out accuracy": "heldout_accuracy", "training accuracy": "train_accuracy",
                         "reward": "reward"})
+    warm = _rows(runs, {"loss": "sft/loss", "entropy": "sft/entropy", "token accuracy": "sft/mean_token_accuracy"})
     charts = []
     if ent:
         charts.append(_over_steps(alt, runs, ent, "policy entropy", "entropy (nats)"))
@@ -126,6 +127,9 @@ def dynamics(runs):
         charts.append(_over_steps(alt, runs, perf, "performance", "accuracy / reward"))
     if not charts:
         raise NotDrawn("not measurable: the run logs neither entropy nor performance")
+    if warm:  # the SFT warm start logs its own metrics (on the demonstrations): its own panel, first in time
+        charts.insert(0, _over_steps(alt, runs, warm, "the SFT warm start: loss, entropy and token accuracy on the "
+                                                   "demonstrations", "loss / entropy / accuracy"))
     return alt.vconcat(*charts)
 
 

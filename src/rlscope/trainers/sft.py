@@ -26,7 +26,7 @@ def run_sft(model_path: str, task, output_dir: str | Path, steps: int, learning_
     model = AutoModelForCausalLM.from_pretrained(model_path)
     cfg = SFTConfig(output_dir=str(output_dir / "_trainer"), max_steps=steps, per_device_train_batch_size=batch_size,
                     learning_rate=learning_rate, lr_scheduler_type="constant_with_warmup", warmup_steps=warmup_steps,
-                    logging_steps=10, use_cpu=use_cpu, bf16=False, report_to=report_to, save_strategy="no",
+                    logging_steps=max(1, min(10, steps // 10)), use_cpu=use_cpu, bf16=False, report_to=report_to, save_strategy="no",
                     completion_only_loss=True, max_length=256, seed=seed, gradient_checkpointing=False,
                     disable_tqdm=disable_tqdm, dataloader_num_workers=0)
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tokenizer)

@@ -8,7 +8,9 @@ wandb 0.31 ships no reader for offline run files, so :func:`read_records` reads 
 
 The step of a row: rlscope's axis ``train/rlscope/step`` when the row has it; otherwise the trainer's
 ``train/global_step`` plus the run's offset (known from rows that carry both, e.g. after an SFT warm start); otherwise
-W&B's own ``_step``. Names lose their ``train/`` prefix, so they read as in the run store.
+W&B's own ``_step``. Names lose their ``train/`` prefix, so they read as in the run store. A resumed run's sessions
+(one directory each) are read in order as one run. :func:`summary`, :func:`media` and :func:`artifacts` read what else
+a run file holds (rlscope's tests check the analysis that ``rlscope analyze --wandb`` wrote with them).
 """
 
 from __future__ import annotations
@@ -62,17 +64,30 @@ def read_records(path: Path) -> tuple[list[bytes], bool]:
     return out, pending is None
 
 
-def history_rows(path: Path) -> tuple[list[dict], bool]:
-    """Every history row of an offline run file as ``{name: value}`` (numbers only), and whether the file was whole."""
+def records(path: Path, kinds: tuple[str, ...]) -> tuple[list, bool]:
+    """The parsed ``Record`` messages of the given kinds (``history``, ``summary``, ``run``, ``artifact``...) in one
+    run file, and whether the file was whole."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     payloads, clean = read_records(path)
-    rows = []
+    out = []
     for payload in payloads:
         record = pb.Record()
         record.ParseFromString(payload)
-        if record.WhichOneof("record_type") != "history":
-            continue
+        if record.WhichOneof("record_type") in kinds:
+            out.append(record)
+    return out, clean
+
+
+def _item_key(item) -> str:
+    return item.key or "/".join(item.nested_key)
+
+
+def history_rows(path: Path) -> tuple[list[dict], bool]:
+    """Every history row of an offline run file as ``{name: value}`` (numbers only), and whether the file was whole."""
+    found, clean = records(path, ("history",))
+    rows = []
+    for record in found:
         row = {}
         for item in record.history.item:
             if item.key:
@@ -89,6 +104,60 @@ def history_rows(path: Path) -> tuple[list[dict], bool]:
                 row[key] = float(value)
         rows.append(row)
     return rows, clean
+
+
+def _each(path: Path, kinds: tuple[str, ...]):
+    """The records of these kinds in every session of the run at ``path`` (a file, or a directory: see run_files)."""
+    for file in run_files(path):
+        yield from records(file, kinds)[0]
+
+
+def media(path: Path) -> dict[str, str]:
+    """The media a run logged, ``{name: W&B type}`` (``image-file``, ``html-file``, ``table-file``, ...)."""
+    out = {}
+    for record in _each(path, ("history",)):
+        for item in record.history.item:
+            key = _item_key(item)
+            try:
+                value = json.loads(item.value_json)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(value, dict) and "_type" in value:  # a medium as one object
+                out[key] = value["_type"]
+            elif key.endswith("/_type") and isinstance(value, str):  # ... or flattened, one item a field
+                out[key[: -len("/_type")]] = value
+    return out
+
+
+def summary(path: Path) -> dict:
+    """The run summary as the run's files left it: every summary update, in order."""
+    out = {}
+    for record in _each(path, ("summary",)):
+        for item in record.summary.update:
+            try:
+                out[_item_key(item)] = json.loads(item.value_json)
+            except json.JSONDecodeError:
+                continue
+        for item in record.summary.remove:
+            out.pop(_item_key(item), None)
+    return out
+
+
+def artifacts(path: Path) -> list[dict]:
+    """The artifacts a run logged: name, type and the files of each."""
+    out = []
+    for record in _each(path, ("artifact",)):
+        a = record.artifact
+        out.append({"name": a.name, "type": a.type, "files": [e.path for e in a.manifest.contents]})
+    return out
+
+
+def run_record(path: Path) -> dict:
+    """The run's identity from its (first) run record: ``run_id``, ``project``, ``entity``, ``display_name``."""
+    for record in _each(path, ("run",)):
+        r = record.run
+        return {"run_id": r.run_id, "project": r.project, "entity": r.entity, "display_name": r.display_name}
+    return {}
 
 
 def frame_from_rows(rows: list[dict], source: str, fmt: str, meta: dict) -> RunFrame:
@@ -115,14 +184,36 @@ def frame_from_rows(rows: list[dict], source: str, fmt: str, meta: dict) -> RunF
     return RunFrame.from_long(source, fmt, steps, names, values, meta={**meta, "step_offset": offset})
 
 
-def _run_file(path: Path) -> Path | None:
+def run_files(path: Path) -> list[Path]:
+    """The run files of the run at ``path`` in the order they were written: a ``run-*.wandb`` file, its offline-run
+    directory, or a ``wandb/`` directory (or the directory holding it: the latest run). A resumed offline run (e.g.
+    ``rlscope analyze --wandb`` writing into a finished run) has one directory per session, ``...-<id>``,
+    ``...-<id>-1``, ...: all of them, oldest first."""
+    path = Path(path)
     if path.is_file() and path.suffix == ".wandb":
-        return path
-    if path.is_dir():
-        files = sorted(path.glob("run-*.wandb")) or sorted(path.glob("offline-run-*/run-*.wandb")) or \
-            sorted(path.glob("wandb/offline-run-*/run-*.wandb"))
-        return files[-1] if files else None  # several runs: the latest
-    return None
+        return [path]
+    if not path.is_dir():
+        return []
+    for pattern in ("run-*.wandb", "*run-*/run-*.wandb", "wandb/*run-*/run-*.wandb"):
+        files = [f for f in path.glob(pattern) if f.is_file() and f.parent.name != "latest-run"]
+        if files:
+            break
+    else:
+        return []
+    if pattern == "run-*.wandb":
+        return sorted(files)[-1:]
+    latest = max(files, key=_session_key)
+    run_id = latest.stem[len("run-"):]
+    return sorted((f for f in files if f.stem == f"run-{run_id}"), key=_session_key)
+
+
+def _session_key(file: Path) -> tuple:
+    """(start time, resume index) of a run directory named ``(offline-)run-YYYYmmdd_HHMMSS-<id>[-<n>]``."""
+    name = file.parent.name.split("run-", 1)[-1]
+    stamp, _, rest = name.partition("-")
+    run_id = file.stem[len("run-"):]
+    index = rest[len(run_id) + 1:] if rest.startswith(run_id + "-") else "0"
+    return (stamp, int(index) if index.isdigit() else 0)
 
 
 @reader
@@ -131,14 +222,19 @@ class WandbOfflineReader(Reader):
     describe = "a W&B offline run (run-*.wandb, its offline-run-* directory, or a wandb/ directory: the latest run)"
 
     def detect(self, path: Path) -> bool:
-        return _run_file(path) is not None
+        return bool(run_files(path))
 
     def read(self, path: Path) -> RunFrame:
-        file = _run_file(path)
-        if file is None:
+        files = run_files(path)
+        if not files:
             raise NoStepAxis(f"{path}: no W&B run file (run-*.wandb)")
-        rows, clean = history_rows(file)
-        return frame_from_rows(rows, str(file), self.name, {"framework": "W&B (offline file)", "complete": clean})
+        rows, clean = [], True
+        for file in files:  # a resumed run: its sessions in order
+            more, whole = history_rows(file)
+            rows += more
+            clean &= whole
+        return frame_from_rows(rows, str(files[-1] if len(files) == 1 else files[0].parent.parent), self.name,
+                               {"framework": "W&B (offline file)", "complete": clean, "sessions": len(files)})
 
 
 @reader
