@@ -162,21 +162,27 @@ def entropy_law(runs):
                       for h, p in zip(hs, pred)]
     if not points:
         raise NotDrawn("not measurable: " + (_reason(runs, "entropy_law") or "no entropy-law fit"))
+    many = len(runs) > 1  # compare mode: each run its colour (points, both curves, the band); prefix/rest by shape
+    target = _analysis(runs[0], "entropy_law").get("target", "performance")
     layers = []
     if bands:
-        layers.append(alt.Chart(alt.Data(values=bands)).mark_area(opacity=0.15, color="#d95f02").encode(
-            x=alt.X("entropy:Q", title="entropy H (nats)"), y="lo:Q", y2="hi:Q"))
+        area = alt.Chart(alt.Data(values=bands)).mark_area(opacity=0.12 if many else 0.15)
+        layers.append(area.encode(x=alt.X("entropy:Q", title="entropy H (nats)"), y="lo:Q", y2="hi:Q",
+                                  **({"color": _color(alt, runs)} if many else {"color": alt.value("#d95f02")})))
+    legend = alt.Legend(orient="top", title=None)
     layers.append(alt.Chart(alt.Data(values=points)).mark_point(size=28, opacity=0.7, filled=True).encode(
         x=alt.X("entropy:Q", title="entropy H (nats)", scale=alt.Scale(zero=False)),
-        y=alt.Y("performance:Q", title=_analysis(runs[0], "entropy_law").get("target", "performance"),
-                scale=alt.Scale(zero=False)),
-        color=alt.Color("part:N", legend=alt.Legend(orient="top", title=None)),
-        shape=alt.Shape("run:N", legend=alt.Legend(orient="top") if len(runs) > 1 else None),
-        tooltip=["run:N", "step:Q", "entropy:Q", "performance:Q"]))
+        y=alt.Y("performance:Q", title=TARGET_TITLES.get(target, target), scale=alt.Scale(zero=False)),
+        color=_color(alt, runs) if many else alt.Color("part:N", legend=legend),
+        shape=alt.Shape("part:N", legend=legend) if many else alt.value("circle"),
+        tooltip=["run:N", "step:Q", "entropy:Q", "performance:Q", "part:N"]))
     layers.append(alt.Chart(alt.Data(values=curves)).mark_line().encode(
-        x="entropy:Q", y="value:Q", strokeDash=alt.StrokeDash("fit:N", legend=alt.Legend(orient="top", title=None)),
-        detail="run:N", color=alt.value("#333")))
+        x="entropy:Q", y="value:Q", strokeDash=alt.StrokeDash("fit:N", legend=legend),
+        detail="run:N", color=_color(alt, runs) if many else alt.value("#333")))
     return alt.layer(*layers).properties(width=WIDTH, height=260, title="performance against entropy")
+
+
+TARGET_TITLES = {"train_accuracy": "training accuracy", "heldout_accuracy": "held-out accuracy", "reward": "reward"}
 
 
 def _reason(runs, name: str) -> str:
