@@ -16,6 +16,41 @@ def test_demonstrations_are_correct_in_every_style():
                 assert "wait" in demo
 
 
+def test_modular_chains_reduce_every_step_modulo_m():
+    rng = random.Random(2)
+    for _ in range(300):
+        terms = chainsum.make_problem(rng, rng.randint(2, 8), 9)
+        answer = sum(terms) % 10
+        for style in ("direct", "scratch", "recheck"):
+            demo = chainsum.demonstration(terms, style, rng, modulus=10)
+            assert chainsum.reward(demo, answer) == 1.0, (terms, style, demo)
+            if style == "scratch":  # each step: the first two numbers merged modulo 10, the rest copied
+                rest = list(terms)
+                for step in demo.split("#")[0].split(","):
+                    rest = [(rest[0] + rest[1]) % 10] + rest[2:]
+                    assert step == "+".join(map(str, rest))
+            if style == "recheck":  # the slip is a wrong digit, the step after "wait" the right one
+                slip, fixed = demo.split(",wait ")[0].split(",")[-1], demo.split(",wait ")[1].split(",")[0].split("#")[0]
+                assert slip != fixed and all(0 <= int(x) < 10 for x in slip.split("+"))
+
+
+def test_curriculum_orders_the_training_split_and_fillers_open_some_demonstrations():
+    spec = chainsum.ChainSumSpec(min_terms=2, max_terms=7, curriculum=((100, 2, 3), (50, 4, 5), (0, 6, 7)),
+                                 filler_share=0.3)
+    splits = chainsum.build_splits(seed=0, n_train=400, n_sft=2000, n_heldout=16, spec=spec)
+    n = [r["n_terms"] for r in splits["train"]]
+    assert len(n) == 400 and set(n[:100]) == {2, 3} and set(n[100:150]) == {4, 5} and set(n[150:]) == {6, 7}
+    filled = [r for r in splits["sft"] if r["completion"].startswith(chainsum.FILLERS)]
+    assert 0.25 < len(filled) / 2000 < 0.35
+    assert all(chainsum.reward(r["completion"], r["answer"]) == 1.0 for r in splits["sft"])
+    # the defaults draw exactly what they drew before these options existed (hash of the splits from that code)
+    import hashlib
+    import json
+
+    default = chainsum.build_splits(seed=3, n_train=200, n_sft=200, n_heldout=16)
+    assert hashlib.sha256(json.dumps(default, sort_keys=True).encode()).hexdigest()[:16] == "ece07b5362183019"
+
+
 def test_reward_requires_the_final_answer_marker():
     assert chainsum.reward("1+2=3#3", "3") == 1.0
     assert chainsum.reward("1+2=3#4", "3") == 0.0

@@ -35,6 +35,14 @@ class ChainSumSpec:
     hard_max_terms: int = 8
     # style mix of the SFT demonstrations: direct, scratchpad, re-check
     style_weights: tuple[float, float, float] = (0.35, 0.45, 0.20)
+    # 0: the plain sum; m > 0: the sum modulo m at every step (with m = 10 each scratchpad step is one fact of a
+    # 100-entry table, which the tiny model learns in a few hundred steps; a direct answer must compose them all)
+    modulus: int = 0
+    # share of SFT demonstrations that open with a filler phrase (tokens that carry nothing: RL can drop them)
+    filler_share: float = 0.0
+    # a difficulty curriculum over the training split, in order: ((n_prompts, min_terms, max_terms), ...); n_prompts
+    # 0 = every remaining prompt. Empty: every prompt has min_terms..max_terms. Needs shuffle_dataset: false.
+    curriculum: tuple = ()
 
 
 def make_problem(rng: random.Random, n_terms: int, max_value: int) -> list[int]:
@@ -50,27 +58,36 @@ def _slip(rng: random.Random, value: int) -> int:
     return wrong if wrong >= 0 and wrong != value else value + 1
 
 
-def demonstration(terms: list[int], style: str, rng: random.Random) -> str:
+FILLERS = ("ok so ", "let me see, ", "hmm, ")
+
+
+def demonstration(terms: list[int], style: str, rng: random.Random, modulus: int = 0) -> str:
     """A correct completion of ``terms`` in one of the three styles (``direct``, ``scratch``, ``recheck``).
 
     The scratchpad reduces the chain one addition at a time, rewriting what is left (``4+8+3+2=`` ->
     ``12+3+2,15+2,17``): each step copies the previous one shifted by a term, which a small transformer can learn
     quickly. ``recheck`` makes one slip in a step, then writes ``wait`` and the corrected step.
     """
-    total = sum(terms)
+    total = answer_of(terms, modulus)
     if style == "direct" or len(terms) == 1:
         return f"#{total}"
     steps, rest = [], list(terms)
     slip_at = rng.randrange(len(terms) - 1) if style == "recheck" else -1
     for i in range(len(terms) - 1):
-        merged = rest[0] + rest[1]
+        merged = answer_of(rest[:2], modulus)
         rest = [merged] + rest[2:]
         step = "+".join(str(t) for t in rest)
         if i == slip_at:
-            wrong = "+".join(str(t) for t in [_slip(rng, merged)] + rest[1:])
+            slip = _slip(rng, merged) % modulus if modulus else _slip(rng, merged)
+            wrong = "+".join(str(t) for t in [slip if slip != merged else (merged + 1) % modulus] + rest[1:])
             step = f"{wrong},wait {step}"
         steps.append(step)
     return ",".join(steps) + f"#{total}"
+
+
+def answer_of(terms: list[int], modulus: int = 0) -> int:
+    """The chain's answer: its sum, or the sum modulo ``modulus``."""
+    return sum(terms) % modulus if modulus else sum(terms)
 
 
 def extract_answer(completion: str) -> int | None:
@@ -102,25 +119,34 @@ def build_splits(seed: int = 0, n_train: int = 20000, n_sft: int = 20000, n_held
         if p in seen:
             continue
         seen.add(p)
-        heldout.append({"prompt": p, "answer": str(sum(terms)), "n_terms": len(terms),
+        heldout.append({"prompt": p, "answer": str(answer_of(terms, spec.modulus)), "n_terms": len(terms),
                         "difficulty": "hard" if hard else "in"})
 
-    def fresh(n):
+    def fresh(n, lo=spec.min_terms, hi=spec.max_terms):
         rows = []
         while len(rows) < n:
-            terms = make_problem(rng, rng.randint(spec.min_terms, spec.max_terms), spec.max_value)
+            terms = make_problem(rng, rng.randint(lo, hi), spec.max_value)
             p = prompt_text(terms)
             if p in seen:
                 continue
             rows.append((terms, p))
         return rows
 
-    train = [{"prompt": p, "answer": str(sum(t)), "n_terms": len(t)} for t, p in fresh(n_train)]
+    if spec.curriculum:
+        drawn = []
+        for n_prompts, lo, hi in spec.curriculum:
+            drawn += fresh(int(n_prompts) or max(n_train - len(drawn), 0), int(lo), int(hi))
+    else:
+        drawn = fresh(n_train)
+    train = [{"prompt": p, "answer": str(answer_of(t, spec.modulus)), "n_terms": len(t)} for t, p in drawn]
     styles = ("direct", "scratch", "recheck")
     sft = []
     for terms, p in fresh(n_sft):
         style = rng.choices(styles, weights=spec.style_weights)[0]
-        sft.append({"prompt": p, "completion": demonstration(terms, style, rng), "answer": str(sum(terms)),
+        completion = demonstration(terms, style, rng, spec.modulus)
+        if spec.filler_share and rng.random() < spec.filler_share:
+            completion = rng.choice(FILLERS) + completion
+        sft.append({"prompt": p, "completion": completion, "answer": str(answer_of(terms, spec.modulus)),
                     "style": style})
     # hard prompts were drawn first; shuffle (with its own RNG: the other splits stay as they are) so that any
     # prefix of the held-out split -- e.g. pass@k on its first N prompts -- mixes both difficulties

@@ -35,7 +35,7 @@ class ChainSumTask(Task):
         import random
 
         terms = [int(t) for t in row["prompt"].rstrip("=").split("+")]
-        return chainsum.demonstration(terms, "scratch", random.Random(0))
+        return chainsum.demonstration(terms, "scratch", random.Random(0), self.spec.modulus)
 
     def score(self, completion: str, row: dict) -> float:
         return chainsum.reward(completion, row["answer"])
