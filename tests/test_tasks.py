@@ -34,6 +34,20 @@ def test_modular_chains_reduce_every_step_modulo_m():
                 assert slip != fixed and all(0 <= int(x) < 10 for x in slip.split("+"))
 
 
+def test_running_sum_scratchpads_write_each_prefix_sum_once():
+    rng = random.Random(3)
+    for _ in range(200):
+        terms = chainsum.make_problem(rng, rng.randint(2, 8), 9)
+        for modulus in (0, 10):
+            demo = chainsum.demonstration(terms, "scratch", rng, modulus, scratch="running")
+            want = [chainsum.answer_of(terms[:i + 1], modulus) for i in range(1, len(terms))]
+            assert demo == ",".join(map(str, want)) + f"#{want[-1]}"
+            re = chainsum.demonstration(terms, "recheck", rng, modulus, scratch="running")
+            assert chainsum.reward(re, want[-1]) == 1.0 and ",wait " in re
+    with pytest.raises(ValueError, match="Did you mean 'running'"):
+        get_task("chainsum", scratch="runing")
+
+
 def test_curriculum_orders_the_training_split_and_fillers_open_some_demonstrations():
     spec = chainsum.ChainSumSpec(min_terms=2, max_terms=7, curriculum=((100, 2, 3), (50, 4, 5), (0, 6, 7)),
                                  filler_share=0.3)

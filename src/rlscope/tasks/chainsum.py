@@ -38,6 +38,8 @@ class ChainSumSpec:
     # 0: the plain sum; m > 0: the sum modulo m at every step (with m = 10 each scratchpad step is one fact of a
     # 100-entry table, which the tiny model learns in a few hundred steps; a direct answer must compose them all)
     modulus: int = 0
+    # the scratchpad's form: "rewrite" (what is left of the chain, each step) or "running" (the running sums only)
+    scratch: str = "rewrite"
     # share of SFT demonstrations that open with a filler phrase (tokens that carry nothing: RL can drop them)
     filler_share: float = 0.0
     # a difficulty curriculum over the training split, in order: ((n_prompts, min_terms, max_terms), ...); n_prompts
@@ -61,12 +63,14 @@ def _slip(rng: random.Random, value: int) -> int:
 FILLERS = ("ok so ", "let me see, ", "hmm, ")
 
 
-def demonstration(terms: list[int], style: str, rng: random.Random, modulus: int = 0) -> str:
+def demonstration(terms: list[int], style: str, rng: random.Random, modulus: int = 0,
+                  scratch: str = "rewrite") -> str:
     """A correct completion of ``terms`` in one of the three styles (``direct``, ``scratch``, ``recheck``).
 
-    The scratchpad reduces the chain one addition at a time, rewriting what is left (``4+8+3+2=`` ->
-    ``12+3+2,15+2,17``): each step copies the previous one shifted by a term, which a small transformer can learn
-    quickly. ``recheck`` makes one slip in a step, then writes ``wait`` and the corrected step.
+    ``scratch="rewrite"``: the scratchpad reduces the chain one addition at a time, rewriting what is left
+    (``4+8+3+2=`` -> ``12+3+2,15+2,17``): each step copies the previous one shifted by a term. ``"running"``: only the
+    running sums (``12,15,17``): linear instead of quadratic in the chain's length, but each step must find its term in
+    the prompt. ``recheck`` makes one slip in a step, then writes ``wait`` and the corrected step.
     """
     total = answer_of(terms, modulus)
     if style == "direct" or len(terms) == 1:
@@ -76,10 +80,11 @@ def demonstration(terms: list[int], style: str, rng: random.Random, modulus: int
     for i in range(len(terms) - 1):
         merged = answer_of(rest[:2], modulus)
         rest = [merged] + rest[2:]
-        step = "+".join(str(t) for t in rest)
+        shown = rest if scratch == "rewrite" else rest[:1]
+        step = "+".join(str(t) for t in shown)
         if i == slip_at:
             slip = _slip(rng, merged) % modulus if modulus else _slip(rng, merged)
-            wrong = "+".join(str(t) for t in [slip if slip != merged else (merged + 1) % modulus] + rest[1:])
+            wrong = "+".join(str(t) for t in [slip if slip != merged else (merged + 1) % modulus] + shown[1:])
             step = f"{wrong},wait {step}"
         steps.append(step)
     return ",".join(steps) + f"#{total}"
@@ -143,7 +148,7 @@ def build_splits(seed: int = 0, n_train: int = 20000, n_sft: int = 20000, n_held
     sft = []
     for terms, p in fresh(n_sft):
         style = rng.choices(styles, weights=spec.style_weights)[0]
-        completion = demonstration(terms, style, rng, spec.modulus)
+        completion = demonstration(terms, style, rng, spec.modulus, spec.scratch)
         if spec.filler_share and rng.random() < spec.filler_share:
             completion = rng.choice(FILLERS) + completion
         sft.append({"prompt": p, "completion": completion, "answer": str(answer_of(terms, spec.modulus)),

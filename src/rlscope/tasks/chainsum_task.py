@@ -6,6 +6,7 @@ from dataclasses import fields
 from functools import cached_property
 
 from rlscope.tasks import TASKS, chainsum
+from rlscope.registry import check_names
 from rlscope.tasks.base import Task
 
 
@@ -20,6 +21,7 @@ class ChainSumTask(Task):
         self.seed, self.n_train, self.n_sft, self.n_heldout = seed, n_train, n_sft, n_heldout
         self.max_completion_length = max_completion_length
         self.spec = chainsum.ChainSumSpec(**spec)
+        check_names("chainsum scratchpad form", [self.spec.scratch], ["rewrite", "running"], where="in task_config")
 
     @cached_property
     def _splits(self):
@@ -35,7 +37,8 @@ class ChainSumTask(Task):
         import random
 
         terms = [int(t) for t in row["prompt"].rstrip("=").split("+")]
-        return chainsum.demonstration(terms, "scratch", random.Random(0), self.spec.modulus)
+        return chainsum.demonstration(terms, "scratch", random.Random(0), self.spec.modulus,
+                                      self.spec.scratch)
 
     def score(self, completion: str, row: dict) -> float:
         return chainsum.reward(completion, row["answer"])
