@@ -113,27 +113,26 @@ def cmd_weights(ns) -> int:
 
 def cmd_analyze(ns) -> int:
     """Analyse runs or logs: a verdict table per run; ``--json``: one JSON object as the last line."""
+    from pathlib import Path
+
     from rlscope.analysis.analyze import analyze, print_table
 
-    if ns.out is not None and len(ns.paths) > 1:
-        raise SystemExit("rlscope analyze: --out takes one run at a time (each run writes its own analysis.json)")
-    if ns.wandb:
-        from pathlib import Path
-
+    if ns.wandb:  # imported only when asked: W&B and the report pull in heavier libraries
         from rlscope import wandb_io
         from rlscope.report import build_report
-
-        for path in ns.paths:
-            wandb_io.require_run(path)  # before any work: one message naming what --wandb needs
+    if ns.out is not None and len(ns.paths) > 1:
+        raise SystemExit("rlscope analyze: --out takes one run at a time (each run writes its own analysis.json)")
+    # before any work: one message naming what --wandb needs
+    wandb_runs = [wandb_io.require_run(path) for path in ns.paths] if ns.wandb else [None] * len(ns.paths)
     results = []
-    for path in ns.paths:
+    for path, wandb_run in zip(ns.paths, wandb_runs):
         result = analyze(path, fmt=ns.format, out=ns.out)
         results.append(result)
         if ns.wandb:
             out = Path(result["written_to"]).parent / "report.html" if result.get("written_to") else None
             report = build_report([path], out=out, fmt=ns.format, keep_specs=True)
             result["report"] = report["report"]
-            result["wandb"] = wandb_io.analyze_into_wandb(path, result, report)
+            result["wandb"] = wandb_io.analyze_into_wandb(path, result, report, wandb_run)
         if not ns.json:
             print_table(result)
             where = result.get("written_to") or "not written (a foreign log: give --out DIR to keep the results)"

@@ -105,7 +105,7 @@ def summary_items(result: dict) -> dict:
     for name, r in result.get("analyses", {}).items():
         for key, value in r.items():
             full = f"{PREFIX}/{name}/{key}"
-            if isinstance(value, bool) or isinstance(value, str):
+            if isinstance(value, (bool, str)):
                 out[full] = value
             elif isinstance(value, (int, float)):
                 if math.isfinite(value):
@@ -181,10 +181,11 @@ def require_run(path) -> dict:
     return info
 
 
-def analyze_into_wandb(path, result: dict, report: dict) -> dict:
-    """``rlscope analyze --wandb``: resume the W&B run ``path`` logged to and write the analysis into it (offline, a
-    new session directory beside the run's: ``wandb sync`` uploads both into the one run)."""
-    info = require_run(path)
+def analyze_into_wandb(path, result: dict, report: dict, info: dict | None = None) -> dict:
+    """``rlscope analyze --wandb``: resume the W&B run ``path`` logged to (``info``: :func:`require_run`'s answer,
+    when already asked) and write the analysis into it (offline, a new session directory beside the run's:
+    ``wandb sync`` uploads both into the one run)."""
+    info = info or require_run(path)
     root = info.get("root") or str(Path(report["report"]).parent)
     run = open_run(root, name=None, run_id=info["id"], project=info.get("project"), entity=info.get("entity"))
     try:

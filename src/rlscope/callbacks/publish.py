@@ -91,16 +91,14 @@ class StepAxis(TrainerCallback):
             logs[LOG_STEP_KEY] = self.step_offset + state.global_step
 
     @staticmethod
-    def install(trainer, step_offset: int) -> bool:
-        """Insert before the trainer's ``WandbCallback``; False when it has none (nothing to do)."""
+    def install(trainer, step_offset: int) -> None:
+        """Insert before the trainer's ``WandbCallback`` (nothing to do when it has none)."""
         from transformers.integrations import WandbCallback
 
         callbacks = trainer.callback_handler.callbacks
         at = next((i for i, c in enumerate(callbacks) if isinstance(c, WandbCallback)), None)
-        if at is None:
-            return False
-        callbacks.insert(at, StepAxis(step_offset))
-        return True
+        if at is not None:
+            callbacks.insert(at, StepAxis(step_offset))
 
 
 class Publisher:

@@ -36,7 +36,8 @@ class ChainSumSpec:
     # style mix of the SFT demonstrations: direct, scratchpad, re-check
     style_weights: tuple[float, float, float] = (0.35, 0.45, 0.20)
     # 0: the plain sum; m > 0: the sum modulo m at every step (with m = 10 each scratchpad step is one fact of a
-    # 100-entry table, which the tiny model learns in a few hundred steps; a direct answer must compose them all)
+    # 100-entry table -- the tiny model needed ~1,000 SFT steps on short chains to learn it; a direct answer must
+    # compose them all)
     modulus: int = 0
     # the scratchpad's form: "rewrite" (what is left of the chain, each step) or "running" (the running sums only)
     scratch: str = "rewrite"
@@ -55,9 +56,14 @@ def prompt_text(terms: list[int]) -> str:
     return "+".join(str(t) for t in terms) + "="
 
 
-def _slip(rng: random.Random, value: int) -> int:
+def _slip(rng: random.Random, value: int, modulus: int = 0) -> int:
+    """A wrong value for a step (modulo ``modulus`` when given): off by one or by ten, never the right one."""
     wrong = value + rng.choice([-10, -1, 1, 10])
-    return wrong if wrong >= 0 and wrong != value else value + 1
+    wrong = wrong if wrong >= 0 and wrong != value else value + 1
+    if modulus:
+        wrong %= modulus
+        wrong = wrong if wrong != value else (value + 1) % modulus
+    return wrong
 
 
 FILLERS = ("ok so ", "let me see, ", "hmm, ")
@@ -83,8 +89,7 @@ def demonstration(terms: list[int], style: str, rng: random.Random, modulus: int
         shown = rest if scratch == "rewrite" else rest[:1]
         step = "+".join(str(t) for t in shown)
         if i == slip_at:
-            slip = _slip(rng, merged) % modulus if modulus else _slip(rng, merged)
-            wrong = "+".join(str(t) for t in [slip if slip != merged else (merged + 1) % modulus] + shown[1:])
+            wrong = "+".join(str(t) for t in [_slip(rng, merged, modulus)] + shown[1:])
             step = f"{wrong},wait {step}"
         steps.append(step)
     return ",".join(steps) + f"#{total}"

@@ -393,7 +393,7 @@ def timeline(frame, cuts: int = 8, final: dict | None = None) -> list[dict]:
         return []
     out = []
     for step in np.unique(rl[np.linspace(len(rl) // cuts, len(rl) - 1, cuts).round().astype(int)]):
-        whole = final is not None and step >= frame._all_steps()[-1]  # this cut is the whole run
+        whole = final is not None and step >= frame.last_step  # this cut is the whole run
         checks = final if whole else run_detectors(frame.until(int(step)))[0]
         out.append({"step": int(step), "severity": {n: c["severity"] for n, c in checks.items()}})
     return out
