@@ -209,6 +209,40 @@ def test_boundary_crossover_and_coverage_are_exact():
     assert r.values["pass1_base"] == pytest.approx(b1[0]) and r.values["pass1_final"] == pytest.approx(9 / 12)
 
 
+def _passk_frame(base_counts, final_counts, n):
+    recs = [{"step": 0, "kind": "base", "n": n, "counts": list(map(int, base_counts)), "curve": []},
+            {"step": 100, "kind": "current", "n": n, "counts": list(map(int, final_counts)), "curve": []}]
+    return RunFrame("x", "test", raw={"reward": (np.array([1, 2]), np.array([0.1, 0.2]))}, passk=recs)
+
+
+def test_boundary_claims_follow_the_paired_bootstrap():
+    rng = np.random.default_rng(40)
+    n, prompts = 64, 128
+    p_base = rng.beta(0.5, 1.5, prompts)  # the base: many prompts rarely solved
+    # RL sharpens and narrows (Yue et al.): three times as likely on the prompts the base solves at least 1 in 10,
+    # never on the rest
+    p_narrow = np.where(p_base < 0.1, 0.0, np.minimum(1, 3 * p_base))
+    r = run("boundary", _passk_frame(rng.binomial(n, p_base), rng.binomial(n, p_narrow), n))
+    v = r.values
+    assert v["pattern"] == "narrows" and v["passn_diff_ci"][1] < 0 and v["pass1_diff_ci"][0] > 0
+    assert v["crossover_k_ci"][0] <= v["crossover_k"] <= v["crossover_k_ci"][1] and "the base overtakes" in r.verdict
+    # RL lifts every prompt: ahead at every k, beyond noise at k = n
+    p_up = np.minimum(1, p_base + 0.3)
+    v = run("boundary", _passk_frame(rng.binomial(n, p_base), rng.binomial(n, p_up), n)).values
+    assert v["pattern"] == "expands" and v["crossover_k"] is None and v["passn_diff_ci"][0] > 0
+
+
+def test_no_boundary_claim_when_rl_and_base_are_the_same_model():
+    # the intervals hold at 95% for the pair (pass@1, pass@n): ~5% false claims; 400 draws so that the bound can be
+    # tight (6%) without depending on the luck of a few seeds
+    claims = 0
+    for seed in range(400):
+        rng = np.random.default_rng(4000 + seed)
+        p = rng.beta(0.5, 1.5, 64)
+        claims += run("boundary", _passk_frame(rng.binomial(16, p), rng.binomial(16, p), 16)).values["pattern"] != "unchanged"
+    assert claims <= 24, f"{claims}/400 boundary claims between two samplings of the same model"
+
+
 # -- entropy dynamics ------------------------------------------------------------------------------------------------
 def test_entropy_decay_projects_its_floor_and_a_cliff_is_found():
     rng = np.random.default_rng(7)
