@@ -35,6 +35,15 @@ def test_demo_command_end_to_end_small(tmp_path):
     assert "held-out greedy pass@1, SFT checkpoint (before RL)" in p.stdout
     assert "pass@k on 6 held-out prompts x 4 samples" in p.stdout
     assert f"run directory: {tmp_path}/d" in p.stdout
+    # pass@k base vs after at k = 1, 2, 4 (n = 4), then the end-of-run analysis: every verdict and the report's path
+    table = p.stdout.split("crossover k (base >= RL):", 1)[1].splitlines()[1:4]
+    assert table[0].split() == ["k", "1", "2", "4"] and [r.split()[0] for r in table[1:]] == ["base", "after"]
+    assert "what the analysis found" in p.stdout
+    analysis = json.loads((tmp_path / "d" / "analysis" / "analysis.json").read_text())
+    for name, result in analysis["analyses"].items():
+        assert f"  {name + ':':<18} {result['verdict']}" in p.stdout
+    assert f"report (open in a browser): {tmp_path}/d/analysis/report.html" in p.stdout
+    assert (tmp_path / "d" / "analysis" / "report.html").stat().st_size > 10_000
     from rlscope.store import RunReader
 
     recs = RunReader(tmp_path / "d").records("passk")

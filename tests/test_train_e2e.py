@@ -90,7 +90,8 @@ def test_grpo_recipe_runs(tmp_path, tiny_sft_path):
 @pytest.mark.slow
 def test_sft_then_rl_puts_both_phases_on_one_step_axis(tmp_path):
     s = run_recipe(tmp_path, "tiny_sft_then_dapo.yaml", "--sft_steps", "3", "--sft_batch_size", "8",
-                   "--max_steps", "2", "--run_name", "d", "--dynamic_sampling", "false", "--eval_heldout", "false")
+                   "--max_steps", "2", "--run_name", "d", "--dynamic_sampling", "false", "--eval_heldout", "false",
+                   "--probe_options", '{"passk": {"n": 4, "max_prompts": 4}}')
     r = RunReader(tmp_path / "d")
     assert s["phases"] == {"sft": [1, 3], "rl": [4, 5]}
     assert r.series("loss")[0] == [4, 5]

@@ -41,9 +41,17 @@ def cmd_demo(ns) -> int:
         print(f"pass@k on {p['prompts']} held-out prompts x {n} samples: pass@1 {p['base_pass@1']:.3f} -> "
               f"{p['final_pass@1']:.3f}, pass@{n} {p[f'base_pass@{n}']:.3f} -> {p[f'final_pass@{n}']:.3f}; "
               f"crossover k (base >= RL): {cross}")
+        if p.get("ks"):
+            print("  k      " + " ".join(f"{k:>6}" for k in p["ks"]))
+            print("  base   " + " ".join(f"{v:6.3f}" for v in p["base"]))
+            print("  after  " + " ".join(f"{v:6.3f}" for v in p["final"]))
     print(f"RL: {s['rl_steps_per_second']:.2f} steps/s; wall time {s['wall_seconds'] / 60:.1f} min")
     print(f"run directory: {s['run_dir']}  (metrics.jsonl, rollouts.jsonl, evals.jsonl, models/, checkpoints/)")
     a = s.get("analysis") or {}
+    if a.get("verdicts"):
+        print("\nwhat the analysis found (rlscope analyze; numbers and intervals in analysis.json):")
+        for name, verdict in a["verdicts"].items():
+            print(f"  {name + ':':<18} {verdict}")
     if a.get("report"):
         where = " and into its W&B run" + (" (offline: wandb sync uploads it)" if a.get("wandb", {}).get("mode") ==
                                            "offline" else "") if a.get("wandb") else ""

@@ -260,9 +260,13 @@ class RecipeRun:
             base = self.obs.state["passk"].get("bases", {}).get(record["n"])
             if record["kind"] == "current" and base is not None:
                 n = record["n"]
+                ks = sorted({2 ** i for i in range(n.bit_length()) if 2 ** i <= n} | {n})
                 s["passk"] = {"n": n, "prompts": len(record["counts"]), "base_pass@1": base["curve"][0],
                               f"base_pass@{n}": base["curve"][-1], "final_pass@1": record["curve"][0],
-                              f"final_pass@{n}": record["curve"][-1], "crossover_k": record.get("crossover_k")}
+                              f"final_pass@{n}": record["curve"][-1], "crossover_k": record.get("crossover_k"),
+                              # the curves at k = 1, 2, 4, ... (and n): what the demo prints, base vs final
+                              "ks": ks,
+                              "base": [base["curve"][k - 1] for k in ks], "final": [record["curve"][k - 1] for k in ks]}
         weights = {k.split("/", 2)[-1]: v for k, v in self.obs.last.items()
                    if k.startswith("rlscope/weights/") and "/kind/" not in k and "/layer/" not in k}
         if weights:
