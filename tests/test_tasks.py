@@ -48,6 +48,26 @@ def test_running_sum_scratchpads_write_each_prefix_sum_once():
         get_task("chainsum", scratch="runing")
 
 
+def test_keyed_chains_label_every_term_in_the_prompt_and_the_scratchpad():
+    rng = random.Random(4)
+    assert chainsum.prompt_text([4, 8, 3, 2], keyed=True) == "a4+b8+c3+d2="
+    assert chainsum.demonstration([4, 8, 3, 2], "scratch", rng, scratch="running", keyed=True) == "b12,c15,d17#17"
+    assert chainsum.demonstration([4, 8, 3, 2], "scratch", rng, keyed=True) == "b12+c3+d2,c15+d2,d17#17"
+    for _ in range(200):
+        terms = chainsum.make_problem(rng, rng.randint(2, 9), 9)
+        for scratch in ("running", "rewrite"):
+            demo = chainsum.demonstration(terms, "recheck", rng, scratch=scratch, keyed=True)
+            slip, fixed = demo.split(",wait ")[0].split(",")[-1], demo.split(",wait ")[1].split(",")[0].split("#")[0]
+            assert chainsum.reward(demo, sum(terms)) == 1.0 and slip[0] == fixed[0] and slip != fixed
+    task = get_task("chainsum", keyed=True, scratch="running", min_terms=2, max_terms=5, n_heldout=16)
+    for row in task.rows("heldout") + task.rows("sft")[:50]:
+        terms = chainsum.terms_of(row["prompt"])
+        assert row["prompt"] == chainsum.prompt_text(terms, keyed=True) and int(row["answer"]) == sum(terms)
+    assert task.score(task.demonstration(task.rows("heldout")[0]), task.rows("heldout")[0]) == 1.0
+    with pytest.raises(ValueError, match="at most 26 terms"):
+        chainsum.prompt_text(list(range(27)), keyed=True)
+
+
 def test_curriculum_orders_the_training_split_and_fillers_open_some_demonstrations():
     spec = chainsum.ChainSumSpec(min_terms=2, max_terms=7, curriculum=((100, 2, 3), (50, 4, 5), (0, 6, 7)),
                                  filler_share=0.3)
@@ -57,6 +77,13 @@ def test_curriculum_orders_the_training_split_and_fillers_open_some_demonstratio
     filled = [r for r in splits["sft"] if r["completion"].startswith(chainsum.FILLERS)]
     assert 0.25 < len(filled) / 2000 < 0.35
     assert all(chainsum.reward(r["completion"], r["answer"]) == 1.0 for r in splits["sft"])
+    long = chainsum.build_splits(seed=0, n_train=10, n_sft=2000, n_heldout=4,
+                                 spec=chainsum.ChainSumSpec(filler_share=0.5, filler_max=3))
+    import re
+
+    openings = [re.match(r"^(?:ok so |let me see, |hmm, )*", r["completion"]).group(0) for r in long["sft"]]
+    repeats = [len(re.findall(r"ok so |let me see, |hmm, ", o)) for o in openings if o]
+    assert set(repeats) == {1, 2, 3} and all(chainsum.reward(r["completion"], r["answer"]) for r in long["sft"])
     # the defaults draw exactly what they drew before these options existed (hash of the splits from that code)
     import hashlib
     import json

@@ -43,17 +43,32 @@ class ChainSumSpec:
     scratch: str = "rewrite"
     # share of SFT demonstrations that open with a filler phrase (tokens that carry nothing: RL can drop them)
     filler_share: float = 0.0
+    # a filler opening repeats 1..filler_max phrases (long ones push completions past a tight budget: harmful tokens)
+    filler_max: int = 1
     # a difficulty curriculum over the training split, in order: ((n_prompts, min_terms, max_terms), ...); n_prompts
     # 0 = every remaining prompt. Empty: every prompt has min_terms..max_terms. Needs shuffle_dataset: false.
     curriculum: tuple = ()
+    # label each term with a letter in the prompt (``a4+b8+c3+d2=``) and in the scratchpad (``b12,c15,d17#17``): each
+    # scratchpad step finds its term by its key (a lookup, as an induction head does) instead of by counting terms
+    keyed: bool = False
 
 
 def make_problem(rng: random.Random, n_terms: int, max_value: int) -> list[int]:
     return [rng.randint(0, max_value) for _ in range(n_terms)]
 
 
-def prompt_text(terms: list[int]) -> str:
-    return "+".join(str(t) for t in terms) + "="
+KEYS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def prompt_text(terms: list[int], keyed: bool = False) -> str:
+    if keyed and len(terms) > len(KEYS):
+        raise ValueError(f"chainsum: keyed chains have at most {len(KEYS)} terms, got {len(terms)}")
+    return "+".join(f"{KEYS[i]}{t}" if keyed else str(t) for i, t in enumerate(terms)) + "="
+
+
+def terms_of(prompt: str) -> list[int]:
+    """The chain's terms from its prompt, keyed or not."""
+    return [int(t) for t in re.findall(r"\d+", prompt)]
 
 
 def _slip(rng: random.Random, value: int, modulus: int = 0) -> int:
@@ -70,26 +85,31 @@ FILLERS = ("ok so ", "let me see, ", "hmm, ")
 
 
 def demonstration(terms: list[int], style: str, rng: random.Random, modulus: int = 0,
-                  scratch: str = "rewrite") -> str:
+                  scratch: str = "rewrite", keyed: bool = False) -> str:
     """A correct completion of ``terms`` in one of the three styles (``direct``, ``scratch``, ``recheck``).
 
     ``scratch="rewrite"``: the scratchpad reduces the chain one addition at a time, rewriting what is left
     (``4+8+3+2=`` -> ``12+3+2,15+2,17``): each step copies the previous one shifted by a term. ``"running"``: only the
     running sums (``12,15,17``): linear instead of quadratic in the chain's length, but each step must find its term in
-    the prompt. ``recheck`` makes one slip in a step, then writes ``wait`` and the corrected step.
+    the prompt. ``recheck`` makes one slip in a step, then writes ``wait`` and the corrected step. ``keyed``: every
+    shown number carries the key of the last term it includes (``b12+c3+d2`` / ``b12``).
     """
     total = answer_of(terms, modulus)
     if style == "direct" or len(terms) == 1:
         return f"#{total}"
     steps, rest = [], list(terms)
     slip_at = rng.randrange(len(terms) - 1) if style == "recheck" else -1
+
+    def show(values: list[int], first_key: int) -> str:
+        return "+".join(f"{KEYS[first_key + j]}{v}" if keyed else str(v) for j, v in enumerate(values))
+
     for i in range(len(terms) - 1):
         merged = answer_of(rest[:2], modulus)
         rest = [merged] + rest[2:]
         shown = rest if scratch == "rewrite" else rest[:1]
-        step = "+".join(str(t) for t in shown)
+        step = show(shown, i + 1)
         if i == slip_at:
-            wrong = "+".join(str(t) for t in [_slip(rng, merged, modulus)] + shown[1:])
+            wrong = show([_slip(rng, merged, modulus)] + shown[1:], i + 1)
             step = f"{wrong},wait {step}"
         steps.append(step)
     return ",".join(steps) + f"#{total}"
@@ -125,7 +145,7 @@ def build_splits(seed: int = 0, n_train: int = 20000, n_sft: int = 20000, n_held
         hard = len(heldout) < n_hard
         lo, hi = (spec.hard_min_terms, spec.hard_max_terms) if hard else (spec.min_terms, spec.max_terms)
         terms = make_problem(rng, rng.randint(lo, hi), spec.max_value)
-        p = prompt_text(terms)
+        p = prompt_text(terms, spec.keyed)
         if p in seen:
             continue
         seen.add(p)
@@ -136,7 +156,7 @@ def build_splits(seed: int = 0, n_train: int = 20000, n_sft: int = 20000, n_held
         rows = []
         while len(rows) < n:
             terms = make_problem(rng, rng.randint(lo, hi), spec.max_value)
-            p = prompt_text(terms)
+            p = prompt_text(terms, spec.keyed)
             if p in seen:
                 continue
             rows.append((terms, p))
@@ -153,9 +173,10 @@ def build_splits(seed: int = 0, n_train: int = 20000, n_sft: int = 20000, n_held
     sft = []
     for terms, p in fresh(n_sft):
         style = rng.choices(styles, weights=spec.style_weights)[0]
-        completion = demonstration(terms, style, rng, spec.modulus, spec.scratch)
+        completion = demonstration(terms, style, rng, spec.modulus, spec.scratch, spec.keyed)
         if spec.filler_share and rng.random() < spec.filler_share:
-            completion = rng.choice(FILLERS) + completion
+            repeats = rng.randint(1, spec.filler_max) if spec.filler_max > 1 else 1
+            completion = "".join(rng.choice(FILLERS) for _ in range(repeats)) + completion
         sft.append({"prompt": p, "completion": completion, "answer": str(answer_of(terms, spec.modulus)),
                     "style": style})
     # hard prompts were drawn first; shuffle (with its own RNG: the other splits stay as they are) so that any

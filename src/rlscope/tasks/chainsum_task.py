@@ -36,9 +36,8 @@ class ChainSumTask(Task):
         """The scratchpad solution of the row's chain (deterministic: no slip)."""
         import random
 
-        terms = [int(t) for t in row["prompt"].rstrip("=").split("+")]
-        return chainsum.demonstration(terms, "scratch", random.Random(0), self.spec.modulus,
-                                      self.spec.scratch)
+        return chainsum.demonstration(chainsum.terms_of(row["prompt"]), "scratch", random.Random(0),
+                                      self.spec.modulus, self.spec.scratch, self.spec.keyed)
 
     def score(self, completion: str, row: dict) -> float:
         return chainsum.reward(completion, row["answer"])
