@@ -260,7 +260,9 @@ class RecipeRun:
             base = self.obs.state["passk"].get("bases", {}).get(record["n"])
             if record["kind"] == "current" and base is not None:
                 n = record["n"]
-                ks = sorted({2 ** i for i in range(n.bit_length()) if 2 ** i <= n} | {n})
+                from rlscope.probes.passk import default_ks
+
+                ks = sorted(set(default_ks(n)) | {n})
                 s["passk"] = {"n": n, "prompts": len(record["counts"]), "base_pass@1": base["curve"][0],
                               f"base_pass@{n}": base["curve"][-1], "final_pass@1": record["curve"][0],
                               f"final_pass@{n}": record["curve"][-1], "crossover_k": record.get("crossover_k"),

@@ -9,9 +9,9 @@ the crossover k over time (the smallest k with base >= current), pass@1 and pass
 
 Both curves come from the same prompts, so their difference is uncertain through which prompts were drawn: a paired
 bootstrap over prompts gives intervals for pass@1 and pass@n differences (97.5% each: 95% for the pair, Bonferroni)
-and a 95% interval for the crossover k. Claims follow the
-intervals: the base *overtakes* only when its pass@n is higher beyond noise, RL *expands* the boundary only when its
-pass@n is; a crossover whose pass@n difference is within noise is the base catching up, not overtaking.
+and a 95% interval for the crossover k. Claims follow the intervals: the base *overtakes* only when its pass@n is
+higher beyond noise, RL *expands* the boundary only when its pass@n is; a crossover whose pass@n difference is within
+noise is the base catching up, not overtaking.
 """
 
 from __future__ import annotations
@@ -32,7 +32,10 @@ def paired_bootstrap(base_pp: np.ndarray, final_pp: np.ndarray, seed: int = 0, d
     rng = np.random.default_rng(seed)
     prompts, n = base_pp.shape
     idx = rng.integers(0, prompts, size=(draws, prompts))
-    b, f = base_pp[idx].mean(axis=1), final_pp[idx].mean(axis=1)  # (draws, n)
+    # each draw as how often it took each prompt: curves by one product, not a (draws, prompts, n) copy of the curves
+    weights = np.zeros((draws, prompts))
+    np.add.at(weights, (np.arange(draws)[:, None], idx), 1.0 / prompts)
+    b, f = weights @ base_pp, weights @ final_pp  # (draws, n)
     ahead = b >= f - 1e-12
     cross = np.where(ahead.any(axis=1), ahead.argmax(axis=1) + 1, n + 1)
     return {"pass1_diff_ci": stats.percentile_ci(f[:, 0] - b[:, 0], level=0.975),

@@ -129,7 +129,8 @@ def _sample(steps, h, r, most: int) -> list[list[float]]:
 
 @register("entropy_law", requires=(("entropy",), ("heldout_accuracy", "train_accuracy", "reward")),
           outputs=("a", "a_ci", "b", "b_ci", "r2", "r2_bins", "lof_p", "lof_bins", "follows", "ceiling", "ceiling_ci",
-                   "forecast_rmse", "forecast_mae", "forecast_prefix_steps", "forecast_a", "forecast_b", "forecast_band", "target", "n_pairs", "points"))
+                   "forecast_rmse", "forecast_mae", "forecast_prefix_steps", "forecast_a", "forecast_b",
+                   "forecast_band", "target", "n_pairs", "points"))
 def entropy_law(frame, prefix_share: float = 0.2, seed: int = 0) -> tuple[str, dict]:
     """Fit R = -a exp(H) + b (Cui et al. 2025), the ceiling b - a at zero entropy, and a forecast from an early prefix."""
     f = law(frame, prefix_share, seed)
@@ -138,23 +139,23 @@ def entropy_law(frame, prefix_share: float = 0.2, seed: int = 0) -> tuple[str, d
     # 90% of what the best function of H explains (many points make any small misfit significant). With too few points
     # for the test: R^2 >= 0.5.
     trades = f["a_ci"][0] is not None and f["a_ci"][0] > 0
-    if f["lof_p"] is None or f["r2_bins"] is None:
+    if f["lof_p"] is None:  # lack_of_fit gives both lof_p and r2_bins, or neither
         shape_ok = f["r2"] >= 0.5
     else:
         shape_ok = f["lof_p"] >= 0.05 or f["r2"] >= 0.9 * f["r2_bins"]
     follows = trades and shape_ok
     ci = f["ceiling_ci"]
     name = f["target"].replace("_", " ")
-    noise = (f"; the best function of entropy explains {f['r2_bins']:.2f}, lack-of-fit p {f['lof_p']:.2g}"
-             if f["lof_p"] is not None and f["r2_bins"] is not None else "")
+    best = (f"; the best function of entropy explains {f['r2_bins']:.2f}, lack-of-fit p {f['lof_p']:.2g}"
+            if f["lof_p"] is not None else "")
     if follows:
-        head = (f"{name} follows R = -a e^H + b (R^2 {f['r2']:.2f}{noise}; a = {f['a']:.3g} [{fmt3(f['a_ci'][0])}, "
+        head = (f"{name} follows R = -a e^H + b (R^2 {f['r2']:.2f}{best}; a = {f['a']:.3g} [{fmt3(f['a_ci'][0])}, "
                 f"{fmt3(f['a_ci'][1])}], b = {f['b']:.3g}): at zero entropy it tops out at b - a = "
                 f"{f['ceiling']:.3g} [{ci[0]:.3g}, {ci[1]:.3g}]")
     elif trades:
         why = ("some function of entropy fits significantly better" if f["lof_p"] is not None
                else "too few points to tell noise from misfit")
-        head = (f"{name} rises as entropy falls but not in the law's shape (R^2 {f['r2']:.2f}{noise}: {why}; "
+        head = (f"{name} rises as entropy falls but not in the law's shape (R^2 {f['r2']:.2f}{best}: {why}; "
                 f"a = {f['a']:.3g} [{fmt3(f['a_ci'][0])}, {fmt3(f['a_ci'][1])}])")
     else:
         head = (f"{name} does not follow the entropy law (R^2 {f['r2']:.2f}, a = {f['a']:.3g} "
