@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 
+from rlscope import wandb_io
 from rlscope.analysis.readers import NoStepAxis, detect_format, read_run
 
 
@@ -188,7 +189,7 @@ def test_a_torn_wandb_file_keeps_what_came_before(tmp_path):
     run = wandb.init(project="t", dir=str(tmp_path), mode="offline", config={})
     for s in range(1, 41):
         wandb.log({"train/global_step": s, "train/reward": float(s), "train/pad": "x" * 2000})
-    run.finish()
+    wandb_io.close(run)  # finish() alone can return before the file is whole (1 in 30)
     path = next(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
     whole = read_run(path)
     assert whole.meta["complete"] and whole.series("reward")[0].tolist() == list(range(1, 41))

@@ -14,6 +14,7 @@ from rlscope.analysis.readers import read_run
 from rlscope.analysis.readers import wandb_run
 from rlscope.analysis.synthetic import expected_break, write_synthetic_run
 from rlscope.cli import main
+from rlscope import wandb_io
 from rlscope.wandb_io import find_run, summary_items
 
 
@@ -50,7 +51,7 @@ def _mirror_to_wandb_offline(run_dir, monkeypatch):
     run = wandb.init(project="rlscope-test", dir=str(run_dir), mode="offline", settings=wandb.Settings(silent=True))
     for step in sorted(rows):
         run.log({**rows[step], "train/rlscope/step": step})
-    run.finish()
+    wandb_io.close(run)
     return run.id
 
 

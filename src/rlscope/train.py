@@ -320,7 +320,9 @@ class RecipeRun:
         import torch
 
         if self.wandb_run is not None:
-            self.wandb_run.finish()
+            from rlscope import wandb_io
+
+            wandb_io.close(self.wandb_run)
             self.wandb_run = None
         self.state.wait_for_everyone()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
