@@ -34,7 +34,7 @@ def test_math_rows_and_reward():
 def test_missing_source_column_is_named(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "1+1?"}\n')
-    with pytest.raises(ValueError, match="missing column 'answer'"):
+    with pytest.raises(ValueError, match="has no 'answer' column"):
         get_task("gsm8k", dataset_path=str(bad)).rows("train")
 
 
@@ -45,6 +45,7 @@ def test_real_recipes_parse(name):
                                          "--use_cpu", "true"])
     assert model.model_name_or_path.startswith("Qwen/") and run_args.task in ("gsm8k", "math")
     assert cfg.use_vllm and cfg.loss_type == "dapo" and cfg.dynamic_sampling
+    assert run_args.num_processes == 8  # its launch line
 
 
 @pytest.mark.slow
@@ -54,5 +55,5 @@ def test_gsm8k_recipe_code_path_runs_on_the_tiny_model(tmp_path):
                    "--task_config", f'{{"dataset_path": "{DATA / "gsm8k_sample.jsonl"}", "n_heldout": 4, "max_completion_length": 16}}',
                    "--use_vllm", "false", "--use_cpu", "true", "--bf16", "false", "--gradient_checkpointing", "false",
                    "--dynamic_sampling", "false", "--max_steps", "1", "--run_name", "gsm", "--dtype", "float32",
-                   "--max_completion_length", "16", "--overlong_buffer_len", "4")
+                   "--max_completion_length", "16", "--overlong_buffer_len", "4", "--num_processes", "1")
     assert s["rl_steps"] == 1 and s["heldout_after"] == 0.0  # an untrained model; the path is what is tested

@@ -134,5 +134,5 @@ def test_missing_dataset_column_is_named():
     from datasets import Dataset
 
     task = get_task("chainsum", n_train=10, n_sft=10)
-    with pytest.raises(ValueError, match=r"missing column\(s\) \['answer'\]"):
+    with pytest.raises(ValueError, match=r"no column\(s\) \['answer'\]"):
         task.check_columns(Dataset.from_list([{"prompt": "1+1="}]), "train")

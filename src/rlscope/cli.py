@@ -7,6 +7,8 @@ import json
 import os
 import sys
 
+from rlscope.errors import UsageError
+
 
 def _env_defaults() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded unless the user turns this off
@@ -64,7 +66,7 @@ def cmd_demo(ns) -> int:
 def cmd_train(ns) -> int:
     from rlscope.train import main
 
-    main(ns.overrides if ns.config is None else ["--config", ns.config, *ns.overrides])
+    main(ns.overrides if ns.config is None else ["--config", ns.config, *ns.overrides], boundary=False)
     return 0
 
 
@@ -92,7 +94,7 @@ def cmd_weights(ns) -> int:
 
     if ns.paths and ns.paths[0] == "rank1":
         if len(ns.paths) != 3 or not ns.task:
-            raise SystemExit("usage: rlscope weights rank1 BASE FINAL --task NAME")
+            raise UsageError("usage: rlscope weights rank1 BASE FINAL --task NAME")
         from rlscope.tasks import get_task
 
         res = wg.rank1_recovery(ns.paths[1], ns.paths[2], get_task(ns.task, **json.loads(ns.task_config)),
@@ -105,7 +107,7 @@ def cmd_weights(ns) -> int:
         print(json.dumps(res))
         return 0
     if len(ns.paths) < 2:
-        raise SystemExit("usage: rlscope weights BASE CKPT [CKPT ...]  |  rlscope weights rank1 BASE FINAL --task NAME")
+        raise UsageError("usage: rlscope weights BASE CKPT [CKPT ...]  |  rlscope weights rank1 BASE FINAL --task NAME")
     rows = wg.offline_geometry(ns.paths[0], ns.paths[1:], k=ns.k)
     out = []
     for row in rows:
@@ -128,13 +130,20 @@ def cmd_analyze(ns) -> int:
     if ns.wandb:  # imported only when asked: W&B and the report pull in heavier libraries
         from rlscope import wandb_io
         from rlscope.report import build_report
+    if ns.only is not None:  # before any work: an unknown analysis is named
+        from rlscope.analysis.analyze import ANALYSES
+        from rlscope.registry import check_names
+
+        check_names("analysis", ns.only, ANALYSES.names(), plural="analyses")
+        if ns.wandb:
+            raise UsageError("rlscope analyze: --wandb publishes every analysis; drop --only or --wandb")
     if ns.out is not None and len(ns.paths) > 1:
-        raise SystemExit("rlscope analyze: --out takes one run at a time (each run writes its own analysis.json)")
+        raise UsageError("rlscope analyze: --out takes one run at a time (each run writes its own analysis.json)")
     # before any work: one message naming what --wandb needs
     wandb_runs = [wandb_io.require_run(path) for path in ns.paths] if ns.wandb else [None] * len(ns.paths)
     results = []
     for path, wandb_run in zip(ns.paths, wandb_runs):
-        result = analyze(path, fmt=ns.format, out=ns.out)
+        result = analyze(path, fmt=ns.format, out=ns.out, names=ns.only)
         results.append(result)
         if ns.wandb:
             out = Path(result["written_to"]).parent / "report.html" if result.get("written_to") else None
@@ -143,7 +152,8 @@ def cmd_analyze(ns) -> int:
             result["wandb"] = wandb_io.analyze_into_wandb(path, result, report, wandb_run)
         if not ns.json:
             print_table(result)
-            where = result.get("written_to") or "not written (a foreign log: give --out DIR to keep the results)"
+            where = result.get("written_to") or ("not written (--only: give --out DIR to keep them)" if ns.only else
+                                                 "not written (a foreign log: give --out DIR to keep the results)")
             print(f"results: {where}")
             if ns.wandb:
                 w = result["wandb"]
@@ -251,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "the last output line is JSON")
     an.add_argument("paths", nargs="+", help="run directories, log files, or wandb://ENTITY/PROJECT/RUN_ID")
     an.add_argument("--json", action="store_true", help="print only the JSON line")
+    an.add_argument("--only", nargs="+", default=None, metavar="ANALYSIS",
+                    help="run only these analyses (names as in the table); the run's own analysis.json is left as "
+                         "it is unless --out is given")
     an.add_argument("--out", default=None, help="directory for analysis.json (default: <run>/analysis/ for an "
                                                 "rlscope run; not written for a foreign log)")
     an.add_argument("--format", default=None, help="the log format, when detection from the path is not enough "
@@ -295,14 +308,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    _env_defaults()
+def _dispatch(argv: list[str]) -> int:
     parser = build_parser()
-    ns, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    ns, rest = parser.parse_known_args(argv)
     if rest and ns.command not in ("demo", "train"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     ns.overrides = rest  # demo/train: everything else overrides the recipe (validated by the recipe parser)
     return ns.func(ns)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The console script. A mistake in what was given is one line naming it and its fix, exit status 2;
+    ``--debug`` anywhere shows the traceback (:mod:`rlscope.errors`)."""
+    from rlscope.errors import run_command
+
+    _env_defaults()
+    return run_command(_dispatch, sys.argv[1:] if argv is None else list(argv))
 
 
 if __name__ == "__main__":

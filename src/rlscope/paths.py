@@ -17,5 +17,7 @@ def recipe(name: str) -> Path:
     path = recipes_dir() / (name if name.endswith(".yaml") else f"{name}.yaml")
     if not path.exists():
         known = sorted(p.stem for p in recipes_dir().glob("*.yaml"))
-        raise FileNotFoundError(f"no recipe {name!r}; bundled recipes: {known}")
+        from rlscope.errors import MissingInput
+
+        raise MissingInput(f"no recipe {name!r}; bundled recipes: {known}")
     return path

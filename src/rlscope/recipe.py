@@ -11,6 +11,7 @@ from pathlib import Path
 
 from trl import ModelConfig, TrlParser
 
+from rlscope.errors import UsageError
 from rlscope.registry import UnknownName, check_names
 from rlscope.trainers.dapo import DAPOConfig
 
@@ -30,9 +31,9 @@ def _mapping(value, name: str) -> dict:
         try:
             value = json.loads(value) if value.strip() else {}
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{name} must be a mapping (YAML) or JSON, got {value!r}") from exc
+            raise UsageError(f"{name} must be a mapping (YAML) or JSON, got {value!r}") from exc
     if value is not None and not isinstance(value, dict):
-        raise ValueError(f"{name} must be a mapping, got {value!r}")
+        raise UsageError(f"{name} must be a mapping, got {value!r}")
     return dict(value or {})
 
 
@@ -42,7 +43,7 @@ class RunArguments:
 
     > Parameters that control the task and the run directory
 
-    task, task_config, runs_dir
+    task, task_config, runs_dir, num_processes
 
     > Parameters that control how SFT and RL share the run
 
@@ -66,6 +67,9 @@ class RunArguments:
     task_config: dict | str | None = field(default=None, metadata={
         "help": "Task options (a YAML mapping, or JSON on the command line), e.g. {seed: 0, n_heldout: 64}."})
     runs_dir: str = field(default="runs", metadata={"help": "Parent directory of run directories."})
+    num_processes: int | None = field(default=None, metadata={
+        "help": "The number of processes the recipe is written for (its launch line; its batch sizes assume it): "
+                "launching with another number is an error naming both. Unset: any."})
 
     # Parameters that control how SFT and RL share the run
     schedule: str = field(default="rl", metadata={
@@ -131,14 +135,19 @@ class RunArguments:
 
         AlarmConfig.parse(self.alarms)  # unknown options, detectors and thresholds are named here
         self.task_config = _mapping(self.task_config, "task_config")
+        from rlscope.tasks import TASKS
+
+        task_cls = TASKS.get(self.task)  # an unknown task, or task option, is named here, before any work
+        check_names("option", sorted(self.task_config), task_cls.option_names(), where=f"of task {self.task!r}")
         self.schedule_config = _mapping(self.schedule_config, "schedule_config")
         self.probe_every = _mapping(self.probe_every, "probe_every")
         self.probe_options = _mapping(self.probe_options, "probe_options")
         check_names("schedule", [self.schedule], schedule_names())
         if self.schedule == WARM_START and self.sft_steps <= 0:
-            raise ValueError("schedule warm_start needs sft_steps > 0")
+            raise UsageError("schedule warm_start needs sft_steps > 0 (the SFT phase's length), e.g. sft_steps: 300")
         if self.schedule in ("rl", WARM_START) and self.schedule_config:
-            raise ValueError(f"schedule_config is for the interleaving schedules, not {self.schedule!r}")
+            raise UsageError(f"schedule_config is for the interleaving schedules, not {self.schedule!r}: remove it or "
+                             f"pick one of {', '.join(schedule_names()[2:])}")
         if self.schedule not in ("rl", WARM_START):
             from rlscope.trainers.schedules import get_schedule
 
@@ -177,20 +186,79 @@ def known_keys() -> set[str]:
     return {f.name for dc in DATACLASSES for f in fields(dc)}
 
 
-def parse_recipe(argv: list[str] | None = None) -> tuple[RunArguments, DAPOConfig, ModelConfig]:
-    """Parse ``--config RECIPE.yaml`` plus command-line overrides (``--learning_rate 1e-5``)."""
+class _RecipeParser(TrlParser):
+    """TrlParser whose argparse errors (a bad type, a missing value) are one :class:`UsageError` naming the key,
+    instead of the usage of every flag of three dataclasses and ``SystemExit``."""
+
+    def error(self, message: str):
+        import re
+
+        m = re.match(r"argument --([\w-]+)(?:/--[\w-]+)*: invalid (\w+) value: (.*)", message)
+        if m:
+            key, kind, value = m.groups()
+            raise UsageError(f"{key.replace('-', '_')}: {value} is not a valid {kind} (a recipe key or a flag)")
+        raise UsageError(f"{message} (recipe keys and flags: `rlscope train --help`)")
+
+
+def _check_flags(argv: list[str]) -> None:
+    """Every ``--flag`` is a recipe key (a misspelt one is named, with the closest key)."""
+    known = known_keys() | {"config"}
+    for token in argv:
+        if token.startswith("--") and len(token) > 2:
+            name = token[2:].split("=", 1)[0].replace("-", "_")
+            if name not in known:
+                raise UnknownName("flag", f"--{name}", [f"--{k}" for k in known], where="on the command line",
+                                  listing="`rlscope train --help` lists them")
+
+
+def _read_recipe_file(path: Path) -> dict:
     import yaml
 
-    argv = list(argv or [])
-    if "--config" in argv:
-        path = Path(argv[argv.index("--config") + 1])
-        if not path.exists():
-            raise FileNotFoundError(f"recipe {path} does not exist")
+    if not path.is_file():
+        from rlscope.paths import recipes_dir
+
+        try:
+            shipped = recipes_dir()
+            listing = f"; the recipes that ship with rlscope: {', '.join(sorted(p.name for p in shipped.glob('*.yaml')))} in {shipped}"
+        except FileNotFoundError:
+            listing = ""
+        raise UsageError(f"recipe {path} does not exist{listing}")
+    try:
         data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"recipe {path} must be a YAML mapping")
-        for key in sorted(set(data) - known_keys() - {"env"}):
-            raise UnknownName("recipe key", key, known_keys(), where=f"in {path}",
-                              listing="`rlscope train --help` lists them")
-    parser = TrlParser(DATACLASSES, allow_abbrev=False)  # "--learning_rat" must not pass as "--learning_rate"
-    return tuple(parser.parse_args_and_config(argv))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UsageError(f"recipe {path} is not valid YAML: {problem}{at}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"recipe {path} must be a YAML mapping of recipe keys (key: value lines), "
+                         f"not a {type(data).__name__}")
+    for key in sorted(set(data) - known_keys() - {"env"}):
+        raise UnknownName("recipe key", key, known_keys(), where=f"in {path}",
+                          listing="`rlscope train --help` lists them")
+    return data
+
+
+def parse_recipe(argv: list[str] | None = None) -> tuple[RunArguments, DAPOConfig, ModelConfig]:
+    """Parse ``--config RECIPE.yaml`` plus command-line overrides (``--learning_rate 1e-5``). Every mistake -- a
+    missing or malformed recipe, an unknown key or flag, a bad value -- is one :class:`UsageError` naming it."""
+    argv = list(argv or [])
+    where = "on the command line"
+    if "--config" in argv:
+        if argv.index("--config") + 1 >= len(argv):
+            raise UsageError("--config needs a recipe path, e.g. --config recipes/tiny_dapo.yaml")
+        path = Path(argv[argv.index("--config") + 1])
+        _read_recipe_file(path)
+        where = f"in recipe {path} or on the command line"
+    _check_flags(argv)
+    parser = _RecipeParser(DATACLASSES, allow_abbrev=False)  # "--learning_rat" must not pass as "--learning_rate"
+    try:
+        return tuple(parser.parse_args_and_config(argv))
+    except UsageError:
+        raise
+    except ValueError as exc:  # a dataclass's own check (TRL's, transformers'): what was given does not fit together
+        message = str(exc)
+        if "bf16/gpu" in message:
+            message = ("bf16 is on (TRL's default) but this machine has no GPU: add `bf16: false` (or `use_cpu: "
+                       "true`) to the recipe, or `--bf16 false` to the command line")
+        raise UsageError(f"{message} ({where})") from exc

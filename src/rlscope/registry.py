@@ -16,13 +16,15 @@ import importlib
 import pkgutil
 from typing import Callable, Generic, Iterable, Iterator, TypeVar
 
+from rlscope.errors import UsageError
+
 T = TypeVar("T")
 
 
-class UnknownName(KeyError, ValueError):
+class UnknownName(KeyError, UsageError):
     """A name (probe, schedule, task, option, recipe key, ...) that is not known; the message names the closest
-    known one. It is a ``KeyError`` (a failed lookup) and a ``ValueError`` (a bad value the user gave): either
-    ``except`` catches it."""
+    known one. It is a ``KeyError`` (a failed lookup) and a :class:`~rlscope.errors.UsageError` (a ``ValueError``:
+    a bad value the user gave): any of those ``except`` clauses catches it."""
 
     def __init__(self, kind: str, name: str, known: Iterable[str], where: str = "", plural: str | None = None,
                  listing: str | None = None):

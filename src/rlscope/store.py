@@ -163,7 +163,9 @@ class RunReader:
     def __init__(self, run_dir: str | Path):
         self.dir = Path(run_dir)
         if not self.dir.is_dir():
-            raise FileNotFoundError(f"no run directory at {self.dir}")
+            from rlscope.errors import MissingInput
+
+            raise MissingInput(f"no run directory at {self.dir}")
 
     def config(self) -> dict:
         import yaml

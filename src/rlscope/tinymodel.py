@@ -159,4 +159,8 @@ def load_policy(path: str):
 
     if path == TINY_SFT:
         path = str(tiny_sft_model("chainsum", {"seed": 0}))
+    else:
+        from rlscope.preflight import check_model
+
+        check_model(path, what="model")
     return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)

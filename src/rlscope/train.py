@@ -45,20 +45,41 @@ class RecipeRun:
         self.wandb_run = None
 
     def run(self) -> dict:
+        self.check_inputs()
         self.setup_run_dir()
-        self.setup_model()
-        self.warm_start()
-        self.setup_trainer()
-        self.attach_probes()
-        self.evaluate("before")
-        self.train()
-        self.save()
-        self.evaluate("after")
-        self.summarize()
-        self.analyze()
+        try:
+            self.setup_model()
+            self.warm_start()
+            self.setup_trainer()
+            self.attach_probes()
+            self.evaluate("before")
+            self.train()
+            self.save()
+            self.evaluate("after")
+            self.summarize()
+            self.analyze()
+        except BaseException as exc:  # meta.json says the run failed, and why, instead of "running" forever
+            if self.main:
+                self.writer.write_meta({"status": "failed", "failed": now(), "error": f"{type(exc).__name__}: {exc}"})
+            raise
         return self.finish()
 
     # -- steps -------------------------------------------------------------------------------------------------------
+    def check_inputs(self) -> None:
+        """Before any work (:mod:`rlscope.preflight`): the launched processes form one group of the recipe's size,
+        the model exists, the checkpoint to resume from exists."""
+        from accelerate import PartialState
+
+        from rlscope import preflight
+        from rlscope.tinymodel import TINY_SFT, is_tiny
+
+        preflight.check_processes(PartialState().num_processes, self.run_args.num_processes)
+        name = self.model_args.model_name_or_path or "tiny"
+        if not (is_tiny(name) or name == TINY_SFT):
+            preflight.check_model(name)
+        run_dir = Path(self.run_args.runs_dir) / (self.cfg.run_name or "run")
+        self.resume = preflight.resume_target(self.cfg.resume_from_checkpoint, run_dir / "checkpoints")
+
     def setup_run_dir(self) -> None:
         """The run directory, W&B's environment, the resolved config and the start of ``meta.json``."""
         from accelerate import PartialState
@@ -132,6 +153,10 @@ class RecipeRun:
                 self.model_path = str(tiny_sft_model(self.run_args.task, self.run_args.task_config))
             else:
                 self.model_path = name
+        if self.resume is not None:
+            from rlscope.preflight import check_checkpoint
+
+            check_checkpoint(self.resume, self.model_path)
 
     def warm_start(self) -> None:
         """Schedule ``warm_start``: an SFT phase on steps 1..N of the run's axis (its metrics under ``sft/``); RL
@@ -235,7 +260,7 @@ class RecipeRun:
 
     def train(self) -> None:
         t = time.time()
-        self.trainer.train(resume_from_checkpoint=self.cfg.resume_from_checkpoint)
+        self.trainer.train(resume_from_checkpoint=None if self.resume is None else str(self.resume))
         self.rl_seconds = time.time() - t
         self.steps = self.trainer.state.global_step
         self.phases["rl"] = [self.offset + 1, self.offset + self.steps]
@@ -335,12 +360,27 @@ def run(run_args: RunArguments, cfg, model_args, quiet: bool = False, callbacks:
     return RecipeRun(run_args, cfg, model_args, quiet=quiet, callbacks=callbacks).run()
 
 
-def main(argv: list[str] | None = None) -> dict:
-    run_args, cfg, model_args = parse_recipe(sys.argv[1:] if argv is None else argv)
+def _train(argv: list[str]) -> dict:
+    run_args, cfg, model_args = parse_recipe(argv)
     summary = run(run_args, cfg, model_args)
     if os.environ.get("RANK", "0") == "0":
         print(json.dumps(summary, default=str))
     return summary
+
+
+def main(argv: list[str] | None = None, boundary: bool = True) -> dict | None:
+    """``python -m rlscope.train --config RECIPE [overrides]``. With ``boundary`` (the script's own entry), a mistake in
+    the recipe or the inputs is one line and exit status 2 (``--debug``: the traceback); ``rlscope train`` has its own."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not boundary:
+        return _train(argv)
+    from rlscope.errors import run_command
+
+    out = {}
+    status = run_command(lambda a: out.update(summary=_train(a)), argv)
+    if status:
+        sys.exit(status)
+    return out.get("summary")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 
 from rlscope.callbacks.publish import STEP_KEY
+from rlscope.errors import UsageError
 
 PREFIX = "rlscope/analysis"
 RUN_DIR_RE = re.compile(r"^(offline-)?run-\d{8}_\d{6}-(?P<id>[a-z0-9]+)(-\d+)?$")
@@ -186,7 +187,7 @@ def require_run(path) -> dict:
     """:func:`find_run`, or one message naming what ``--wandb`` needs."""
     info = find_run(path)
     if info is None or not info.get("id"):
-        raise SystemExit(f"rlscope analyze --wandb: {path} did not log to W&B (no meta.json 'wandb' entry and no "
+        raise UsageError(f"rlscope analyze --wandb: {path} did not log to W&B (no meta.json 'wandb' entry and no "
                          f"wandb/ run directory). Give an rlscope run trained with report_to wandb, a W&B offline "
                          f"run directory, or wandb://ENTITY/PROJECT/RUN_ID")
     return info

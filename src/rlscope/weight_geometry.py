@@ -118,7 +118,10 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
     if not files:
-        raise FileNotFoundError(f"no safetensors weights in {path}")
+        from rlscope.errors import MissingInput
+
+        raise MissingInput(f"no safetensors weights in {path} (a model directory written by save_pretrained, or a "
+                           f".safetensors file)")
     out: dict[str, torch.Tensor] = {}
     for f in files:
         out.update(load_file(str(f)))

@@ -47,13 +47,19 @@ def analyze_frame(frame: RunFrame, names=None, options: dict | None = None) -> d
 
 
 def analyze(path, fmt: str | None = None, out=None, names=None, options: dict | None = None) -> dict:
-    """Read ``path`` and analyse it; the result is written to ``analysis.json`` (see the module docstring)."""
+    """Read ``path`` and analyse it; the result is written to ``analysis.json`` (see the module docstring). With
+    ``names`` (a subset) the run's own ``analysis/analysis.json`` is left alone: only an ``out`` gets the subset."""
+    from rlscope.registry import check_names
+
+    if names is not None:
+        check_names("analysis", names, ANALYSES.names(), plural="analyses")
     t0 = time.perf_counter()
     frame = read_run(path, fmt)
     read_seconds = time.perf_counter() - t0
     result = analyze_frame(frame, names, options)
     result["read_seconds"] = round(read_seconds, 3)
-    target = Path(out) if out is not None else (Path(path) / "analysis" if frame.format == "rlscope" else None)
+    target = Path(out) if out is not None else (Path(path) / "analysis" if frame.format == "rlscope" and names is None
+                                                else None)
     if target is not None:
         target.mkdir(parents=True, exist_ok=True)
         (target / "analysis.json").write_text(json.dumps(result, indent=2, default=str))

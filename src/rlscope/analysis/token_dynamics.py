@@ -24,7 +24,9 @@ def dumped_steps(directory) -> dict[int, list[Path]]:
         if m:
             found[int(m.group(1))][int(m.group(2))] = p
     if not found:
-        raise FileNotFoundError(f"no token dumps (step<N>-rank<R>.pt) in {directory}")
+        from rlscope.errors import MissingInput
+
+        raise MissingInput(f"no token dumps (step<N>-rank<R>.pt) in {directory}")
     out = {}
     for step, ranks in sorted(found.items()):
         if sorted(ranks) != list(range(len(ranks))):

@@ -72,5 +72,7 @@ class Task(ABC):
         need = ("prompt",) + tuple(self.reward_columns) + tuple(extra)
         missing = [c for c in need if c not in dataset.column_names]
         if missing:
-            raise ValueError(f"task {self.name!r}, split {split!r}: missing column(s) {missing}; "
-                             f"the dataset has {dataset.column_names}")
+            from rlscope.errors import UsageError
+
+            raise UsageError(f"task {self.name!r}, split {split!r}: the dataset has no column(s) {missing} (it has "
+                             f"{dataset.column_names}); the trainer and the reward need {list(need)}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import cached_property
 
+from rlscope.errors import UsageError
 from rlscope.tasks import TASKS
 from rlscope.tasks.base import Task
 
@@ -20,9 +21,19 @@ def _load(hub_id: str, config: str | None, dataset_path: str | None, split: str)
     from datasets import load_dataset
 
     if dataset_path:
+        from pathlib import Path
+
+        if not Path(dataset_path).is_file():
+            raise UsageError(f"task_config dataset_path {dataset_path}: no such file (a local .jsonl, .json or "
+                             f".parquet file with the task's columns)")
         kind = "parquet" if str(dataset_path).endswith(".parquet") else "json"
         return load_dataset(kind, data_files={split: str(dataset_path)}, split=split)
-    return load_dataset(hub_id, config, split=split)
+    try:
+        return load_dataset(hub_id, config, split=split)
+    except (ConnectionError, FileNotFoundError, OSError) as exc:
+        raise UsageError(f"dataset {hub_id} could not be loaded ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+                         f"without the hub (rlscope sets HF_HUB_OFFLINE=1 unless told otherwise) point "
+                         f"task_config.dataset_path at a local copy") from exc
 
 
 class _MathTask(Task):
@@ -43,8 +54,9 @@ class _MathTask(Task):
     def _convert(self, ds, split):
         for col in (self.question_column,) + self.source_columns:
             if col not in ds.column_names:
-                raise ValueError(f"task {self.name!r}, split {split!r}: missing column {col!r}; "
-                                 f"the dataset has {ds.column_names}")
+                raise UsageError(f"task {self.name!r}, split {split!r}: the dataset has no {col!r} column (it has "
+                                 f"{ds.column_names}); the task reads {self.question_column!r} and "
+                                 f"{list(self.source_columns)}: rename the column in the file")
         return [{"prompt": [{"role": "system", "content": SYSTEM_PROMPT},
                             {"role": "user", "content": r[self.question_column]}],
                  "solution": self.solution_of(r)} for r in ds]

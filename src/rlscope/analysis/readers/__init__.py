@@ -48,7 +48,10 @@ def detect_format(path: str | Path) -> str:
         return "wandb_api"
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no run or log at {path}")
+        from rlscope.errors import MissingInput
+
+        raise MissingInput(f"no run or log at {path} (an rlscope run directory, a W&B offline run, "
+                           f"trainer_state.json, TensorBoard events, a verl console log or a CSV file)")
     names = [*ORDER, *(n for n in READERS.names() if n not in ORDER)]
     for name in names:
         if READERS.get(name).detect(path):

@@ -46,7 +46,10 @@ class SampleSource(Source):
         ks = options.get("ks") or default_ks(self.n)
         bad = [k for k in ks if not 1 <= int(k) <= self.n]
         if bad:
-            raise ValueError(f"pass@k: k={bad[0]} must be between 1 and n={self.n} (k > n samples cannot be drawn)")
+            from rlscope.errors import UsageError
+
+            raise UsageError(f"pass@k: k={bad[0]} must be between 1 and n={self.n} (k > n samples cannot be drawn): "
+                             f"raise {probe_name}'s n to at least {max(int(k) for k in bad)} or drop that k")
 
     def setup(self, ctx) -> None:
         if model_is_partitioned(ctx.model):

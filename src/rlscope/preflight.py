@@ -1,0 +1,106 @@
+"""What a recipe points at, checked before any work: the model, the checkpoint to resume from, the processes.
+
+Each check raises :class:`~rlscope.errors.UsageError` naming the problem and the fix, where the library below would
+fail later with a hub error ("Repo id must be in the form ..."), a raw ``FileNotFoundError``, a size-mismatch wall
+from ``load_state_dict``, or -- for processes launched without a process group -- not at all (each rank would run its
+own one-process copy of the run into the same directory).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from rlscope.errors import UsageError
+
+# the config fields that decide whether a checkpoint's tensors fit a model
+ARCHITECTURE = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                "num_attention_heads", "num_key_value_heads", "tie_word_embeddings")
+
+
+def _looks_like_path(name: str) -> bool:
+    """A local path rather than a hub id (``org/name`` or ``name``)."""
+    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
+
+
+def check_model(name: str, what: str = "model_name_or_path") -> None:
+    """``model_name_or_path`` (``what``: how the user gave it) is a model directory, or a hub id that loads (from the cache when offline)."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UsageError(f"{what} {name}: the directory has no config.json (a model directory "
+                             f"holds config.json and the weights, e.g. runs/<run>/models/final)")
+        return
+    if _looks_like_path(name):
+        raise UsageError(f"{what} {name}: no such directory; give a model directory (config.json and "
+                         f"weights), 'tiny' (built in the run), 'tiny-sft' (the cached warm-started tiny model), or "
+                         f"a hub id such as Qwen/Qwen2.5-Math-1.5B")
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as exc:
+        offline = " (HF_HUB_OFFLINE=1: rlscope's default, so only the local cache is read)" \
+            if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
+        raise UsageError(f"{what} {name}: not a directory here and not loadable from the hub{offline}: "
+                         f"{str(exc).splitlines()[0].rstrip('.')}. Give a local model directory, or download it first "
+                         f"(HF_HUB_OFFLINE=0)") from exc
+
+
+def _config(path: Path) -> dict:
+    try:
+        return json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def resume_target(resume, output_dir: str | Path) -> Path | None:
+    """The checkpoint directory a ``resume_from_checkpoint`` value names (``true``: the latest under
+    ``output_dir``), or None when the run does not resume."""
+    if resume in (None, False, "", "false", "False"):
+        return None
+    out = Path(output_dir)
+    existing = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if
+                      p.name.split("-")[-1].isdigit() else -1) if out.is_dir() else []
+    listing = (f"checkpoints of this run: {', '.join(str(p) for p in existing)}" if existing else
+               f"this run has none under {out} (set save_steps / save_strategy to write them)")
+    if resume is True or str(resume).lower() == "true":
+        if not existing:
+            raise UsageError(f"resume_from_checkpoint true: no checkpoint to resume from; {listing}")
+        return existing[-1]
+    path = Path(resume)
+    if not path.is_dir():
+        raise UsageError(f"resume_from_checkpoint {resume}: no such checkpoint directory; {listing}")
+    if not (path / "trainer_state.json").is_file():
+        raise UsageError(f"resume_from_checkpoint {resume}: not a trainer checkpoint (no trainer_state.json); "
+                         f"{listing}")
+    return path
+
+
+def check_checkpoint(checkpoint: Path, model_path: str | Path) -> None:
+    """The checkpoint was written by a model of the same architecture as ``model_path`` (config fields that decide
+    the tensors' shapes)."""
+    ours, theirs = _config(Path(model_path)), _config(Path(checkpoint))
+    if not ours or not theirs:
+        return
+    differ = [f"{k} {theirs.get(k)} vs {ours.get(k)}" for k in ARCHITECTURE if k in ours and theirs.get(k) != ours[k]]
+    if differ:
+        raise UsageError(f"resume_from_checkpoint {checkpoint} was written by another model ({'; '.join(differ)}: "
+                         f"the checkpoint's vs this recipe's model {model_path}); resume with the recipe that wrote "
+                         f"it, or start a new run (another run_name)")
+
+
+def check_processes(launched: int, wanted: int | None) -> None:
+    """The launcher's processes formed one process group of ``launched`` ranks, and it is the recipe's count."""
+    started = int(os.environ.get("WORLD_SIZE", "1"))
+    if started != launched:
+        raise UsageError(f"{started} processes were launched but they did not join one process group (each sees a "
+                         f"world of {launched}): on a CPU machine the recipe needs `use_cpu: true` for DDP (gloo), "
+                         f"or `--use_cpu false --ddp_backend gloo` with a DeepSpeed config (recipes/accelerate/*.yaml "
+                         f"say which)")
+    if wanted is not None and wanted != launched:
+        raise UsageError(f"the recipe is written for {wanted} processes (num_processes: {wanted}: its batch sizes "
+                         f"assume that many) but {launched} {'was' if launched == 1 else 'were'} launched: launch with `accelerate launch "
+                         f"--num_processes {wanted} ...`, or override `--num_processes {launched}` if the batch sizes "
+                         f"still divide")
