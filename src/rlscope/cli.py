@@ -143,11 +143,15 @@ def cmd_analyze(ns) -> int:
     wandb_runs = [wandb_io.require_run(path) for path in ns.paths] if ns.wandb else [None] * len(ns.paths)
     results = []
     for path, wandb_run in zip(ns.paths, wandb_runs):
-        result = analyze(path, fmt=ns.format, out=ns.out, names=ns.only)
+        result = analyze(path, fmt=ns.format, out=ns.out, names=ns.only, salvage=ns.salvage)
+        if (result.get("meta") or {}).get("skipped"):
+            print(f"rlscope: --salvage left out of {path}: " + "; ".join(
+                f"{f}: {v if isinstance(v, str) else 'lines ' + ', '.join(map(str, v))}"
+                for f, v in result["meta"]["skipped"].items()), file=sys.stderr)
         results.append(result)
         if ns.wandb:
             out = Path(result["written_to"]).parent / "report.html" if result.get("written_to") else None
-            report = build_report([path], out=out, fmt=ns.format, keep_specs=True)
+            report = build_report([path], out=out, fmt=ns.format, keep_specs=True, salvage=ns.salvage)
             result["report"] = report["report"]
             result["wandb"] = wandb_io.analyze_into_wandb(path, result, report, wandb_run)
         if not ns.json:
@@ -168,7 +172,7 @@ def cmd_report(ns) -> int:
     """One self-contained HTML report of a run, or a compare page of several; the last line is JSON."""
     from rlscope.report import build_report
 
-    info = build_report(ns.paths, out=ns.out, fmt=ns.format, labels=ns.label)
+    info = build_report(ns.paths, out=ns.out, fmt=ns.format, labels=ns.label, salvage=ns.salvage)
     if not ns.json:
         print(f"report: {info['report']} ({info['bytes'] / 1e6:.2f} MB, {info['seconds']:.1f} s; "
               f"{len(info['figures'])} figures" + (f", not drawn: {', '.join(info['not_drawn'])}"
@@ -261,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "the last output line is JSON")
     an.add_argument("paths", nargs="+", help="run directories, log files, or wandb://ENTITY/PROJECT/RUN_ID")
     an.add_argument("--json", action="store_true", help="print only the JSON line")
+    an.add_argument("--salvage", action="store_true", help="read around corrupt records of an rlscope run (a damaged line, an unreadable meta.json) "
+                         "instead of stopping at the first; what was left out is said")
     an.add_argument("--only", nargs="+", default=None, metavar="ANALYSIS",
                     help="run only these analyses (names as in the table); the run's own analysis.json is left as "
                          "it is unless --out is given")
@@ -284,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--format", default=None, help="the log format, as for rlscope analyze")
     rp.add_argument("--label", nargs="+", default=None, help="names for the runs in compare mode (one per path)")
     rp.add_argument("--json", action="store_true", help="print only the JSON line")
+    rp.add_argument("--salvage", action="store_true", help="read around corrupt records of an rlscope run (a damaged line, an unreadable meta.json) "
+                         "instead of stopping at the first; what was left out is said")
     rp.set_defaults(func=cmd_report)
 
     pr = sub.add_parser("probes", help="list every registered probe (source, inputs, cost, default cadence, options, "

@@ -5,8 +5,11 @@ record per line: ``metrics`` (long format: step, name, value), ``rollouts``, ``e
 probes (``passk``, ``weights``, ...: any ``<stream>.jsonl``).
 
 JSON lines are append-only and flushed per record, so a crash can corrupt at most the last (torn) line; the reader
-skips a torn last line. A run resumed from step S first drops the records of steps > S (those steps run again), so
-no step appears twice.
+skips a torn last line (a whole record that lost only its newline is kept). A corrupt line anywhere else is an error
+naming the file and the line; ``RunReader(..., salvage=True)`` (``rlscope analyze --salvage``) skips such lines
+instead, and says which. ``meta.json``, ``config.yaml`` and the other single-document files are replaced atomically
+(written to a temporary file, then renamed), so a crash leaves the old or the new one, never half. A run resumed from
+step S first drops the records of steps > S (those steps run again), so no step appears twice.
 """
 
 from __future__ import annotations
@@ -29,26 +32,45 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def _corrupt(path: Path, line: int, text: bytes) -> "UsageError":
+    from rlscope.errors import UsageError
+
+    shown = text[:80].decode("utf-8", "replace")
+    return UsageError(f"{path}: line {line} is corrupt (not a torn last record): {shown!r}; `rlscope analyze "
+                      f"--salvage` (RunReader(..., salvage=True)) reads the run around it, skipping such lines")
+
+
+def _read_jsonl(path: Path, salvage: bool = False, skipped: dict | None = None) -> list[dict]:
+    """The records of a JSON-lines file. A torn tail -- whatever follows the last whole record and cannot be read (a
+    write cut by a crash, or the zeros a power loss can leave) -- is left out; a corrupt line with whole records after
+    it is an error naming it, or with ``salvage`` is left out and its number noted in ``skipped[path.name]``."""
     if not path.exists():
         return []
-    lines = path.read_bytes().split(b"\n")
-    records = []
-    for i, line in enumerate(lines):
-        if not line.strip():
+    records, bad = [], []
+    for i, line in enumerate(path.read_bytes().split(b"\n")):
+        if not line.strip(b" \t\r\x00"):
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i >= len(lines) - 2:  # the last line (maybe followed by nothing): a torn write, skipped
-                continue
-            raise ValueError(f"{path}: line {i + 1} is corrupt (not a torn last record)") from None
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, UnicodeDecodeError):
+            bad.append((i + 1, line))
+            continue
+        if bad:  # corrupt lines before a whole record: not a torn tail
+            if not salvage:
+                raise _corrupt(path, *bad[0]) from None
+            if skipped is not None:
+                skipped.setdefault(path.name, []).extend(n for n, _ in bad)
+            bad = []
+        records.append(record)
     return records
 
 
-def _read_table(path: Path, schema=None):
+def _read_table(path: Path, schema=None, salvage: bool = False, skipped: dict | None = None):
     """A stream as a ``pyarrow.Table`` through pyarrow's (C++) JSON reader -- fast on millions of records -- with the
-    same rules as :func:`_read_jsonl`: a torn last line is left out; a corrupt line elsewhere is an error naming it."""
+    same rules as :func:`_read_jsonl`: a torn last line is left out; a corrupt line elsewhere is an error naming it
+    (with ``salvage``, left out)."""
     import io
 
     import pyarrow as pa
@@ -61,26 +83,65 @@ def _read_table(path: Path, schema=None):
         f.seek(-1, os.SEEK_END)
         whole = f.read(1) == b"\n"
     source = path
-    if not whole:  # a crash mid-write leaves a last line without its newline: read what precedes it
-        data = path.read_bytes()
-        source = io.BytesIO(data[:data.rfind(b"\n") + 1])
+    if not whole:  # a crash mid-write leaves a last line without its newline: read what precedes it (and the line
+        data = path.read_bytes()  # itself when it is a whole record that lost only its newline)
+        cut = data.rfind(b"\n") + 1
+        try:
+            keep = isinstance(json.loads(data[cut:]), dict)
+        except (ValueError, UnicodeDecodeError):
+            keep = False
+        source = io.BytesIO(data + b"\n" if keep else data[:cut])
         if not source.getbuffer().nbytes:
             return empty
     options = paj.ParseOptions(explicit_schema=schema) if schema is not None else None
     try:
         return paj.read_json(source, read_options=paj.ReadOptions(block_size=16 << 20), parse_options=options)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return pa.Table.from_pylist(_read_jsonl(path))  # the line-by-line reader names the corrupt line
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # the line-by-line reader names the corrupt line (or skips it)
+        rows = _read_jsonl(path, salvage, skipped)
+        if schema is not None:
+            rows = [{f.name: r.get(f.name) for f in schema} for r in rows]
+            return pa.Table.from_pylist(rows, schema=schema) if rows else empty
+        return pa.Table.from_pylist(rows)
+
+
+def _whole_record(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except (ValueError, UnicodeDecodeError):
+        return False
 
 
 def _drop_torn_tail(path: Path) -> None:
-    """A crash mid-write leaves a last line with no newline: cut it before appending after it."""
+    """Before appending after a crash: cut the torn tail (what follows the last whole record, as the reader sees
+    it), and give a whole last record that lost only its newline its newline back."""
     if not path.exists() or path.stat().st_size == 0:
         return
     data = path.read_bytes()
-    if not data.endswith(b"\n"):
+    end = len(data)
+    while end > 0:
+        start = data.rfind(b"\n", 0, end - 1) + 1 if end > 1 else 0
+        line = data[start:end].rstrip(b"\n")
+        if line.strip(b" \t\r\x00") and _whole_record(line):
+            break
+        end = start
+    keep = data[:end] if data[:end].endswith(b"\n") or end == 0 else data[:end] + b"\n"
+    if keep != data:
         with open(path, "r+b") as f:
-            f.truncate(data.rfind(b"\n") + 1)
+            f.truncate(min(end, len(data)))
+            if len(keep) > end:
+                f.seek(0, os.SEEK_END)
+                f.write(b"\n")
+
+
+def atomic_write(path: Path, data: str | bytes) -> None:
+    """Write ``path`` whole or not at all: a temporary file beside it, flushed to disk, then renamed over it."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 class RunWriter:
@@ -95,17 +156,13 @@ class RunWriter:
     def write_config(self, config: dict) -> None:
         import yaml
 
-        tmp = self.dir / "config.yaml.tmp"
-        tmp.write_text(yaml.safe_dump(config, sort_keys=True))
-        os.replace(tmp, self.dir / "config.yaml")
+        atomic_write(self.dir / "config.yaml", yaml.safe_dump(config, sort_keys=True))
 
     def write_meta(self, meta: dict) -> None:
         path = self.dir / "meta.json"
         old = json.loads(path.read_text()) if path.exists() else {}
         old.update(meta)
-        tmp = self.dir / "meta.json.tmp"
-        tmp.write_text(json.dumps(old, indent=2, default=str))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(old, indent=2, default=str))
 
     # -- streams ---------------------------------------------------------------------------------------------------
     def _append(self, stream: str, records: Iterable[dict]) -> None:
@@ -147,9 +204,7 @@ class RunWriter:
             if path.stem == "evals":
                 continue
             keep = [r for r in _read_jsonl(path) if r.get("step", 0) <= step]
-            tmp = path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-            os.replace(tmp, path)
+            atomic_write(path, "".join(json.dumps(r) + "\n" for r in keep))
 
     def close(self) -> None:
         for f in self._files.values():
@@ -158,24 +213,41 @@ class RunWriter:
 
 
 class RunReader:
-    """Reads a run directory written by :class:`RunWriter`."""
+    """Reads a run directory written by :class:`RunWriter`. ``salvage``: read around corrupt lines and unreadable
+    files instead of stopping at them; ``skipped`` says what was left out (``{file: [line numbers] or "unreadable"}``)."""
 
-    def __init__(self, run_dir: str | Path):
-        self.dir = Path(run_dir)
+    def __init__(self, run_dir: str | Path, salvage: bool = False):
+        self.dir, self.salvage, self.skipped = Path(run_dir), salvage, {}
         if not self.dir.is_dir():
             from rlscope.errors import MissingInput
 
             raise MissingInput(f"no run directory at {self.dir}")
 
+    def _document(self, name: str, load) -> dict:
+        path = self.dir / name
+        if not path.exists():
+            return {}
+        try:
+            value = load(path.read_text())
+            if not isinstance(value, dict):
+                raise ValueError(f"not a mapping but {type(value).__name__}")
+            return value
+        except Exception as exc:  # JSON, YAML or decoding errors: the file is damaged
+            if self.salvage:
+                self.skipped[name] = "unreadable"
+                return {}
+            from rlscope.errors import UsageError
+
+            raise UsageError(f"{path} is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0]}); `rlscope "
+                             f"analyze --salvage` reads the run without it") from None
+
     def config(self) -> dict:
         import yaml
 
-        path = self.dir / "config.yaml"
-        return yaml.safe_load(path.read_text()) if path.exists() else {}
+        return self._document("config.yaml", yaml.safe_load)
 
     def meta(self) -> dict:
-        path = self.dir / "meta.json"
-        return json.loads(path.read_text()) if path.exists() else {}
+        return self._document("meta.json", json.loads)
 
     def streams(self) -> list[str]:
         """rlscope's streams and any other ``<stream>.jsonl`` in the run directory."""
@@ -185,7 +257,7 @@ class RunReader:
         from rlscope.registry import check_names
 
         check_names("stream", [stream], self.streams(), where=f"in {self.dir}")
-        return _read_jsonl(self.dir / f"{stream}.jsonl")
+        return _read_jsonl(self.dir / f"{stream}.jsonl", self.salvage, self.skipped)
 
     def metric_records(self):
         """Every metric record as written, a ``pyarrow.Table`` (step, name, value; null for NaN), in file order --
@@ -193,7 +265,7 @@ class RunReader:
         import pyarrow as pa
 
         schema = pa.schema([("step", pa.int64()), ("name", pa.string()), ("value", pa.float64())])
-        return _read_table(self.dir / "metrics.jsonl", schema)
+        return _read_table(self.dir / "metrics.jsonl", schema, self.salvage, self.skipped)
 
     def metrics(self):
         """Metrics as a ``pyarrow.Table`` (step, name, value) sorted by step and name, one row per (step, name): the
@@ -223,7 +295,7 @@ class RunReader:
 
     def rollouts(self):
         """Rollouts as a ``pyarrow.Table`` (one row per completion)."""
-        return _read_table(self.dir / "rollouts.jsonl")
+        return _read_table(self.dir / "rollouts.jsonl", None, self.salvage, self.skipped)
 
     def evals(self) -> list[dict]:
         return self.records("evals")

@@ -80,7 +80,9 @@ class Snapshot:
             snap.mem.clear()  # over budget (and stays so: `used` only grows): every matrix is read back from disk
             snap.on_disk = True
         if snap.dir is not None:
-            (snap.dir / cls.INDEX).write_text(json.dumps({"names": snap.names, "format": 1}))
+            from rlscope.store import atomic_write
+
+            atomic_write(snap.dir / cls.INDEX, json.dumps({"names": snap.names, "format": 1}))  # last: W_0 is whole
         return snap
 
     def __getitem__(self, name: str) -> torch.Tensor:

@@ -46,15 +46,17 @@ def analyze_frame(frame: RunFrame, names=None, options: dict | None = None) -> d
             "timings": timings}
 
 
-def analyze(path, fmt: str | None = None, out=None, names=None, options: dict | None = None) -> dict:
+def analyze(path, fmt: str | None = None, out=None, names=None, options: dict | None = None,
+            salvage: bool = False) -> dict:
     """Read ``path`` and analyse it; the result is written to ``analysis.json`` (see the module docstring). With
-    ``names`` (a subset) the run's own ``analysis/analysis.json`` is left alone: only an ``out`` gets the subset."""
+    ``names`` (a subset) the run's own ``analysis/analysis.json`` is left alone: only an ``out`` gets the subset.
+    ``salvage``: read around corrupt records (:func:`~rlscope.analysis.readers.read_run`)."""
     from rlscope.registry import check_names
 
     if names is not None:
         check_names("analysis", names, ANALYSES.names(), plural="analyses")
     t0 = time.perf_counter()
-    frame = read_run(path, fmt)
+    frame = read_run(path, fmt, salvage=salvage)
     read_seconds = time.perf_counter() - t0
     result = analyze_frame(frame, names, options)
     result["read_seconds"] = round(read_seconds, 3)
@@ -62,7 +64,9 @@ def analyze(path, fmt: str | None = None, out=None, names=None, options: dict | 
                                                 else None)
     if target is not None:
         target.mkdir(parents=True, exist_ok=True)
-        (target / "analysis.json").write_text(json.dumps(result, indent=2, default=str))
+        from rlscope.store import atomic_write
+
+        atomic_write(target / "analysis.json", json.dumps(result, indent=2, default=str))
         result["written_to"] = str(target / "analysis.json")
     return result
 

@@ -25,30 +25,35 @@ class ReportRun:
     token_text: dict = field(default_factory=dict)  # (step, i) -> [(token, entropy)]: dumped per-token entropies
 
 
-def load_run(path, fmt: str | None = None, label: str | None = None) -> ReportRun:
+def load_run(path, fmt: str | None = None, label: str | None = None, salvage: bool = False) -> ReportRun:
     """Read a run and its analysis (saved when fresh, else computed and, for an rlscope run, saved)."""
     from rlscope.analysis.analyze import analyze_frame
     from rlscope.analysis.readers import read_run
 
     path = Path(path)
     t0 = time.perf_counter()
-    frame = read_run(path, fmt)
+    frame = read_run(path, fmt, salvage=salvage)
     saved = path / "analysis" / "analysis.json" if path.is_dir() else None
     metrics = path / "metrics.jsonl" if path.is_dir() else None
     result = None
     if saved is not None and saved.exists() and metrics is not None and metrics.exists() \
             and saved.stat().st_mtime >= metrics.stat().st_mtime:
-        result = json.loads(saved.read_text())
+        try:
+            result = json.loads(saved.read_text())
+        except ValueError:  # damaged: recompute (and rewrite) it
+            result = {}
         from rlscope.analysis.analyze import SCHEMA, code_fingerprint
 
-        if result.get("schema") != SCHEMA or result.get("code") != code_fingerprint():
+        if result.get("schema") != SCHEMA or result.get("code") != code_fingerprint() or frame.meta.get("skipped"):
             result = None  # written by other analysis code: recompute
     if result is None:
         result = analyze_frame(frame)
         result["read_seconds"] = round(time.perf_counter() - t0, 3)
         if frame.format == "rlscope":
             saved.parent.mkdir(parents=True, exist_ok=True)
-            saved.write_text(json.dumps(result, indent=2, default=str))
+            from rlscope.store import atomic_write
+
+            atomic_write(saved, json.dumps(result, indent=2, default=str))
     name = label or (path.name if path.name not in ("", ".") else str(path))
     return ReportRun(name, frame, result, token_views(path) if path.is_dir() else {})
 
@@ -85,7 +90,8 @@ def _item(t, i):
     return None if t is None or t.dim() == 0 or i >= t.shape[0] else float(t[i])
 
 
-def build_report(paths, out=None, fmt: str | None = None, labels=None, keep_specs: bool = False) -> dict:
+def build_report(paths, out=None, fmt: str | None = None, labels=None, keep_specs: bool = False,
+                 salvage: bool = False) -> dict:
     """Write the report of one run (or the compare page of several); returns {path, bytes, seconds, figures, ...}
     (``keep_specs``: and each drawn figure's Vega-Lite spec under ``specs``, e.g. to render it for W&B)."""
     import altair  # noqa: F401  (the figures' library; imported here so a missing install fails before any work)
@@ -99,7 +105,7 @@ def build_report(paths, out=None, fmt: str | None = None, labels=None, keep_spec
     t0 = time.perf_counter()
     paths = [Path(p) for p in paths]
     labels = labels or [None] * len(paths)
-    runs = [load_run(p, fmt, lab) for p, lab in zip(paths, labels)]
+    runs = [load_run(p, fmt, lab, salvage=salvage) for p, lab in zip(paths, labels)]
     if len({r.label for r in runs}) < len(runs):
         for i, r in enumerate(runs):
             r.label = f"{i + 1}: {r.label}"
@@ -119,7 +125,9 @@ def build_report(paths, out=None, fmt: str | None = None, labels=None, keep_spec
             else Path("report.html")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
+    from rlscope.store import atomic_write
+
+    atomic_write(out, page)
     drawn = [f[0] for f in figures if f[3] is not None]
     info = {"report": str(out), "bytes": out.stat().st_size, "seconds": round(time.perf_counter() - t0, 2),
             "runs": [r.label for r in runs], "figures": drawn,

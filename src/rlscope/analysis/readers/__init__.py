@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rlscope.errors import UsageError
 from rlscope.analysis.frame import RunFrame
 from rlscope.registry import Registry
 
@@ -35,7 +36,7 @@ def reader(cls: type[Reader]) -> type[Reader]:
     return cls
 
 
-class NoStepAxis(ValueError):
+class NoStepAxis(UsageError):
     """A log that holds metrics but no training step to put them on."""
 
 
@@ -57,16 +58,24 @@ def detect_format(path: str | Path) -> str:
         if READERS.get(name).detect(path):
             return name
     formats = "; ".join(f"{n}: {READERS.get(n).describe}" for n in names)
-    raise ValueError(f"cannot tell the log format of {path}. Known formats -- {formats}. If it is one of them, say "
+    raise UsageError(f"cannot tell the log format of {path}. Known formats -- {formats}. If it is one of them, say "
                      f"which with --format NAME; otherwise export the run as CSV (a step column and one column per "
                      f"metric).")
 
 
-def read_run(path: str | Path, fmt: str | None = None) -> RunFrame:
-    """Read a run or log into a frame; ``fmt`` (a registered format name) skips detection."""
+def read_run(path: str | Path, fmt: str | None = None, salvage: bool = False) -> RunFrame:
+    """Read a run or log into a frame; ``fmt`` (a registered format name) skips detection. ``salvage``: read around
+    corrupt records (an rlscope run directory; the frame's ``meta["skipped"]`` says what was left out) -- the other
+    formats are read up to their first damaged record anyway."""
+    import inspect
+
     fmt = fmt or detect_format(path)
     target = path if str(path).startswith("wandb://") else Path(path)
-    frame = READERS.get(fmt).read(target)
+    reader_ = READERS.get(fmt)
+    if salvage and "salvage" in inspect.signature(reader_.read).parameters:
+        frame = reader_.read(target, salvage=True)
+    else:
+        frame = reader_.read(target)
     if not frame.raw:
         raise NoStepAxis(f"{path} ({fmt}): no metric with a step was found")
     return frame

@@ -25,10 +25,10 @@ class RlscopeRunReader(Reader):
     def detect(self, path: Path) -> bool:
         return path.is_dir() and ((path / "metrics.jsonl").exists() or (path / "meta.json").exists())
 
-    def read(self, path: Path) -> RunFrame:
+    def read(self, path: Path, salvage: bool = False) -> RunFrame:
         from rlscope.store import RunReader
 
-        run = RunReader(path)
+        run = RunReader(path, salvage=salvage)
         table = run.metric_records()  # the frame groups and deduplicates (the last write of a step wins)
         steps = table.column("step").to_numpy()
         names = table.column("name")
@@ -46,6 +46,8 @@ class RlscopeRunReader(Reader):
         schedule = (meta.get("summary") or {}).get("schedule") or {}
         sft.update(int(s) for s in schedule.get("sft_steps", []))
         rollouts = run.rollouts()
+        weights = run.records("weights")
+        skipped = {"skipped": dict(run.skipped)} if run.skipped else {}  # what salvage left out
         return RunFrame.from_long(
             str(path), self.name,
             np.concatenate([steps, np.asarray(extra_s, dtype=np.int64)]),
@@ -53,6 +55,6 @@ class RlscopeRunReader(Reader):
             np.concatenate([values, np.asarray(extra_v, dtype=np.float64)]),
             sft_steps=frozenset(sft), phases=phases,
             rollouts=rollouts if rollouts.num_rows else None,
-            passk=passk, weights=run.records("weights"),
+            passk=passk, weights=weights,
             meta={"framework": "rlscope", **{k: meta[k] for k in ("task", "model", "world_size", "seed", "status")
-                                               if k in meta}, "schedule": schedule.get("name")})
+                                               if k in meta}, "schedule": schedule.get("name"), **skipped})
