@@ -60,9 +60,66 @@ def test_all_equal_groups_are_dropped_and_replaced(tmp_path, tiny_path):
 
 
 def test_guard_names_the_cause_and_the_setting(tmp_path, tiny_path):
-    trainer = _trainer(tmp_path, tiny_path, constant_reward, max_generation_batches=3)
+    trainer = _trainer(tmp_path, tiny_path, constant_reward, max_generation_batches=3,
+                       dynamic_sampling_exhausted="raise")
     with pytest.raises(RuntimeError, match=r"after 3 generation batches.*all equal.*max_generation_batches"):
         trainer.train()
+
+
+def test_exhausted_dynamic_sampling_fills_the_batch_and_flags_the_step(tmp_path, tiny_path):
+    """The default: a step whose generation batches are used up trains on a full batch topped up with dropped
+    (zero-advantage) groups, and says how much of it is filler; training goes on."""
+    trainer = _trainer(tmp_path, tiny_path, prompt_dependent_reward, max_generation_batches=1)
+    trainer.run_store = Capture()
+    trainer.train()
+    assert trainer.state.global_step == 3
+    rows = trainer.run_store.rows
+    assert len(rows) == 16 * 2  # full batches
+    filler = [r for r in rows if r["prompt"] in CONSTANT]
+    assert filler and all(r["advantage"] == 0.0 for r in filler)
+    shares = [s["filled_share"] for s in trainer.dynamic_sampling_stats]
+    assert all(s["generation_batches"] == 1 for s in trainer.dynamic_sampling_stats)
+    # the filled share is exactly the share of each step's rows with no advantage (groups with unequal 0/1 rewards
+    # give every sample a nonzero one)
+    per_step = [sum(r["advantage"] == 0.0 for r in rows if r["step"] == step) / 16 for step in (1, 3)]
+    assert per_step == shares and max(shares) > 0
+    logged = [x["rlscope/dynamic_sampling/filled_share"] for x in trainer.state.log_history
+              if "rlscope/dynamic_sampling/filled_share" in x]
+    assert logged and max(logged) > 0
+
+
+def test_a_constant_reward_fills_every_row_and_is_flagged(tmp_path, tiny_path):
+    trainer = _trainer(tmp_path, tiny_path, constant_reward, max_generation_batches=2, max_steps=1)
+    trainer.train()
+    assert [s["filled_share"] for s in trainer.dynamic_sampling_stats] == [1.0]
+    assert [s["kept_group_share"] for s in trainer.dynamic_sampling_stats] == [0.0]
+
+
+def flaky_reward(completions, prompts, **kw):
+    """Raises on any batch that holds a prompt starting with 3 (as a parser that chokes on one sample would)."""
+    if any(p.startswith("3") for p in prompts):
+        raise ValueError("cannot parse " + next(p for p in prompts if p.startswith("3")))
+    return [float(len(c) % 2) for c in completions]
+
+
+def test_reward_errors_skip_scores_the_failing_samples_nan_and_trains_on(tmp_path, tiny_path, caplog):
+    trainer = _trainer(tmp_path, tiny_path, flaky_reward, reward_errors="skip", dynamic_sampling=False,
+                       max_steps=4)
+    trainer.run_store = Capture()
+    with caplog.at_level("WARNING", logger="rlscope"):
+        trainer.train()
+    assert trainer.state.global_step == 4
+    rows = trainer.run_store.rows
+    bad = [r for r in rows if r["prompt"].startswith("3")]
+    good = [r for r in rows if not r["prompt"].startswith("3")]
+    assert bad and good, "the sampled prompts should include some starting with 3"
+    assert all(r["reward"] != r["reward"] and r["advantage"] == 0.0 for r in bad)  # NaN reward, no gradient
+    assert all(r["reward"] == r["reward"] for r in good)
+    errors = [x["rlscope/reward_errors/flaky_reward"] for x in trainer.state.log_history
+              if "rlscope/reward_errors/flaky_reward" in x]
+    assert errors and sum(errors) > 0
+    said = [m for m in caplog.messages if "reward function 'flaky_reward' raised ValueError: cannot parse 3" in m]
+    assert said and "scored NaN (reward_errors: skip)" in said[0]
 
 
 def test_a_raising_reward_function_is_named(tmp_path, tiny_path):

@@ -95,3 +95,130 @@ def test_a_corrupt_line_in_the_middle_is_named_and_salvage_reads_around_it(real_
     salvaged = RunReader(run, salvage=True)
     assert salvaged.records("metrics") == original[:4] + original[5:]
     assert main(["report", str(run), "--salvage", "--json"]) == 0
+
+
+def test_a_second_run_into_a_finished_runs_directory_is_refused_unless_it_resumes_or_overwrites(real_run, tmp_path,
+                                                                                                capsys):
+    runs = tmp_path / "runs"
+    shutil.copytree(real_run, runs / "r")
+    before = (runs / "r" / "metrics.jsonl").read_bytes()
+    capsys.readouterr()
+    assert _train(runs, "--run_name", "r", "--max_steps", "1") == 2
+    err = capsys.readouterr().err
+    assert "already holds a run (status finished)" in err and "--resume_from_checkpoint true" in err
+    assert (runs / "r" / "metrics.jsonl").read_bytes() == before  # nothing touched
+    assert _train(runs, "--run_name", "r", "--max_steps", "1", "--eval_heldout", "false", "--overwrite", "true") == 0
+    steps = [r["step"] for r in RunReader(runs / "r").records("metrics")]
+    assert set(steps) == {1} and not (runs / "r" / "passk.jsonl").exists()  # started over: only the new run's step
+
+
+def test_a_second_run_while_the_first_is_alive_is_refused_by_the_lock(tmp_path, tiny_sft_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    runs = tmp_path / "runs"
+    first = subprocess.Popen([sys.executable, "-m", "rlscope.train", "--config", str(RECIPES / "tiny_dapo.yaml"),
+                              "--runs_dir", str(runs), "--run_name", "r", "--max_steps", "200", *QUIET,
+                              "--eval_heldout", "false"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             env={**os.environ, "RLSCOPE_DEBUG": ""})
+    try:
+        deadline = time.time() + 120
+        while not (runs / "r" / "metrics.jsonl").exists() and time.time() < deadline:
+            time.sleep(0.5)
+        assert first.poll() is None, first.stderr.read().decode()[-2000:]
+        second = subprocess.run([sys.executable, "-m", "rlscope.train", "--config", str(RECIPES / "tiny_dapo.yaml"),
+                                 "--runs_dir", str(runs), "--run_name", "r", "--max_steps", "1", *QUIET,
+                                 "--overwrite", "true"], capture_output=True, text=True, timeout=120,
+                                env={**os.environ, "RLSCOPE_DEBUG": ""})
+        assert second.returncode == 2
+        assert f"is in use by another run (pid {first.pid} on " in second.stderr
+        assert "Traceback" not in second.stderr
+        assert first.poll() is None  # the first run goes on
+    finally:
+        first.kill()
+        first.wait()
+
+
+class NaNLogitsAt:
+    """Fault injection: the logits of the loss's forward pass (grad enabled) are NaN during one optimizer step. TRL
+    computes the loss's logits from the last hidden states itself (not through ``lm_head``'s forward), so the fault
+    goes into the final norm's output, which feeds them."""
+
+    def __init__(self, step: int):
+        from transformers import TrainerCallback
+
+        self.step, self.state = step, None
+        injector = self
+
+        class _CB(TrainerCallback):
+            def on_train_begin(self, args, state, control, model=None, **kwargs):
+                import torch
+
+                injector.state = state
+
+                def hook(module, inputs, output):
+                    if torch.is_grad_enabled() and injector.state.global_step + 1 == injector.step:
+                        return output * float("nan")
+                    return output
+
+                model.model.norm.register_forward_hook(hook)
+
+        self.callback = _CB()
+
+
+def _run_with_nan(runs, name, mode, max_steps=4):
+    from rlscope.recipe import parse_recipe
+    from rlscope.train import run
+
+    argv = ["--config", str(RECIPES / "tiny_dapo.yaml"), "--runs_dir", str(runs), "--run_name", name,
+            "--max_steps", str(max_steps), "--eval_heldout", "false", "--nonfinite", mode, "--save_strategy", "steps",
+            "--save_steps", "1", "--save_total_limit", "10", *QUIET]
+    return run(*parse_recipe(argv), quiet=True, callbacks=(NaNLogitsAt(2).callback,))
+
+
+def _weights(checkpoint):
+    from safetensors.torch import load_file
+
+    return load_file(str(next(checkpoint.glob("*.safetensors"))))
+
+
+def test_nan_logits_in_one_step_are_flagged_and_kept_out_of_the_weights(tmp_path, tiny_sft_path):
+    import math
+
+    import torch
+
+    s = _run_with_nan(tmp_path, "skip", "skip_step")
+    run = tmp_path / "skip"
+    metrics = {(r["step"], r["name"]): r["value"] for r in RunReader(run).records("metrics")}
+    assert [metrics[(k, "rlscope/nonfinite/steps")] for k in (1, 2, 3, 4)] == [0.0, 1.0, 0.0, 0.0]
+    assert metrics[(2, "rlscope/nonfinite/params")] > 0 and s["nonfinite_steps"] == 1
+    assert metrics[(2, "loss")] is None  # NaN, stored as null: flagged, not a number
+    assert all(metrics[(k, "loss")] is not None and math.isfinite(metrics[(k, "loss")]) for k in (1, 3, 4))
+    assert metrics[(2, "rlscope/entropy/nan_share")] == 1.0  # the token probes flag it too
+    ckpt = run / "checkpoints"
+    w1, w2, w4 = (_weights(ckpt / f"checkpoint-{k}") for k in (1, 2, 4))
+    assert all(torch.equal(w1[n], w2[n]) for n in w1)  # step 2 left the weights as they were
+    assert all(torch.isfinite(w).all() for w in w4.values()) and any(not torch.equal(w2[n], w4[n]) for n in w2)
+    assert RunReader(run).meta()["status"] == "finished"
+
+
+def test_nan_logits_with_flag_only_show_the_damage_and_stop_mode_stops(tmp_path, tiny_sft_path):
+    import torch
+
+    # flag only: the update goes through, the weights turn NaN, and the next sampling fails in generate -- what
+    # skip_step prevents; the store says which step it was and meta.json why the run failed
+    with pytest.raises(RuntimeError, match="probability tensor contains either `inf`, `nan`"):
+        _run_with_nan(tmp_path, "flag", "flag", max_steps=4)
+    w2 = _weights(tmp_path / "flag" / "checkpoints" / "checkpoint-2")
+    assert any(not torch.isfinite(w).all() for w in w2.values())
+    metrics = {(r["step"], r["name"]): r["value"] for r in RunReader(tmp_path / "flag").records("metrics")}
+    assert metrics[(2, "rlscope/nonfinite/steps")] == 1.0
+    meta = RunReader(tmp_path / "flag").meta()
+    assert meta["status"] == "failed" and "probability tensor" in meta["error"]
+    s = _run_with_nan(tmp_path, "stop", "stop")
+    assert s["rl_steps"] == 2 and s["stopped"]["by"] == "nonfinite" and s["stopped"]["step"] == 2
+    assert RunReader(tmp_path / "stop").meta()["status"].startswith("stopped: NaN/inf gradients")
+    w1, w2 = (_weights(tmp_path / "stop" / "checkpoints" / f"checkpoint-{k}") for k in (1, 2))
+    assert all(torch.equal(w1[n], w2[n]) for n in w1)

@@ -22,7 +22,7 @@ def cmd_demo(ns) -> int:
     from rlscope.train import run
 
     argv = ["--config", str(paths.recipe("tiny_sft_then_dapo")), "--runs_dir", ns.runs_dir,
-            "--run_name", ns.run_name, *ns.overrides]
+            "--run_name", ns.run_name, "--overwrite", "true", *ns.overrides]  # a second demo starts over
     run_args, cfg, model_args = parse_recipe(argv)
     print(f"rlscope demo: tiny Qwen2 + chainsum, {run_args.sft_steps} SFT steps then {cfg.max_steps} DAPO steps "
           f"-> {run_args.runs_dir}/{cfg.run_name}", flush=True)

@@ -91,6 +91,48 @@ def check_checkpoint(checkpoint: Path, model_path: str | Path) -> None:
                          f"it, or start a new run (another run_name)")
 
 
+def claim_run_dir(run_dir: Path, resume: Path | None, overwrite: bool):
+    """Main process: take the run directory's lock (:class:`~rlscope.store.RunLock`) and make sure a new run does not
+    write into an earlier run's files (its steps would be stored twice). Returns the held lock."""
+    from rlscope.store import RunLock, RunReader
+
+    lock = RunLock(run_dir)
+    lock.acquire()
+    earlier = [p.name for p in ("meta.json", "metrics.jsonl") for p in [run_dir / p] if p.exists()]
+    if earlier and resume is None:
+        if not overwrite:
+            status = RunReader(run_dir, salvage=True).meta().get("status", "unknown")
+            lock.release()
+            raise UsageError(f"run directory {run_dir} already holds a run (status {status}): resume it with "
+                             f"`--resume_from_checkpoint true`, give this run another run_name, or start over in it "
+                             f"with `--overwrite true` (its files are removed)")
+        import shutil
+
+        for p in run_dir.iterdir():
+            if p.name != ".lock":
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    return lock
+
+
+def agree(state, check):
+    """Run ``check()`` on the main process and give its outcome to every rank: a :class:`UsageError` there is raised
+    on every rank (the others would otherwise wait forever at the next collective). Returns ``check()``'s value on
+    the main process, None elsewhere."""
+    message, value = None, None
+    if state.is_main_process:
+        try:
+            value = check()
+        except UsageError as exc:
+            message = str(exc)
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        message = broadcast_object_list([message], from_process=0)[0]
+    if message is not None:
+        raise UsageError(message)
+    return value
+
+
 def check_processes(launched: int, wanted: int | None) -> None:
     """The launcher's processes formed one process group of ``launched`` ranks, and it is the recipe's count."""
     started = int(os.environ.get("WORLD_SIZE", "1"))

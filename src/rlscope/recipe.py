@@ -43,7 +43,7 @@ class RunArguments:
 
     > Parameters that control the task and the run directory
 
-    task, task_config, runs_dir, num_processes
+    task, task_config, runs_dir, overwrite, num_processes
 
     > Parameters that control how SFT and RL share the run
 
@@ -51,7 +51,7 @@ class RunArguments:
 
     > Parameters that control held-out evaluation, the run store and the analysis at the end
 
-    eval_heldout, eval_samples, rollout_log_every, analyze
+    eval_heldout, eval_samples, rollout_log_every, analyze, nonfinite
 
     > Parameters that control the probes (``rlscope probes`` lists them, their options and default cadences)
 
@@ -67,6 +67,9 @@ class RunArguments:
     task_config: dict | str | None = field(default=None, metadata={
         "help": "Task options (a YAML mapping, or JSON on the command line), e.g. {seed: 0, n_heldout: 64}."})
     runs_dir: str = field(default="runs", metadata={"help": "Parent directory of run directories."})
+    overwrite: bool = field(default=False, metadata={
+        "help": "Start over in a run directory that holds an earlier run (its files are removed first). Without it "
+                "such a run is refused (its steps would be stored twice) unless it resumes (resume_from_checkpoint)."})
     num_processes: int | None = field(default=None, metadata={
         "help": "The number of processes the recipe is written for (its launch line; its batch sizes assume it): "
                 "launching with another number is an error naming both. Unset: any."})
@@ -95,6 +98,11 @@ class RunArguments:
         "help": "At the end of the run: every analysis (`rlscope analyze`, to analysis/analysis.json) and the HTML "
                 "report (analysis/report.html); with report_to wandb, both go into the run's W&B run too (verdicts "
                 "and numbers in its summary, the figures as images, the report as an HTML panel and an artifact)."})
+
+    nonfinite: str = field(default="skip_step", metadata={
+        "help": "A step whose gradients hold NaN/inf (rlscope.callbacks.guard): 'skip_step' (keep it out of the "
+                "weights and train on), 'stop' (skip it and stop), or 'flag' (count it and let the update through). "
+                "Counted in rlscope/nonfinite/steps either way."})
 
     # Parameters that control the probes
     probes: list[str] = field(default_factory=lambda: list(DEFAULT_PROBES), metadata={
@@ -125,6 +133,9 @@ class RunArguments:
         from rlscope.callbacks.console import CONSOLE_MODES
 
         check_names("console mode", [self.console], CONSOLE_MODES)
+        from rlscope.callbacks.guard import MODES
+
+        check_names("nonfinite mode", [self.nonfinite], MODES)
         if self.alarms is None or isinstance(self.alarms, bool):  # YAML true / false
             self.alarms = self.alarms is not False
         elif isinstance(self.alarms, str) and self.alarms.strip().lower() in ("true", "false", "none", "off", "on"):

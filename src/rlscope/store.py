@@ -144,6 +144,43 @@ def atomic_write(path: Path, data: str | bytes) -> None:
     os.replace(tmp, path)
 
 
+class RunLock:
+    """One writer per run directory: an exclusive ``flock`` on ``<run>/.lock``, held while the run lives. The
+    operating system drops it when the process ends, however it ends (``kill -9`` included), so a resume after a
+    crash takes it again; a second run while the first is alive is refused with who holds it."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / ".lock"
+        self._file = None
+
+    def acquire(self) -> None:
+        import fcntl
+        import socket
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            from rlscope.errors import UsageError
+
+            raise UsageError(f"run directory {self.path.parent} is in use by another run ({holder}): give this run "
+                             f"another run_name, or wait for that one to end (a resume after it ends is fine)") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {now()}")
+        f.flush()
+        self._file = f
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing drops the flock
+            self._file = None
+
+
 class RunWriter:
     """Appends to a run directory; safe to create on every rank but only the main process should write."""
 

@@ -43,6 +43,7 @@ class RecipeRun:
         self.quiet, self.callbacks = quiet, tuple(callbacks)
         self.offset, self.phases, self.summary = 0, {}, {}
         self.wandb_run = None
+        self.lock = None
 
     def run(self) -> dict:
         self.check_inputs()
@@ -61,6 +62,7 @@ class RecipeRun:
         except BaseException as exc:  # meta.json says the run failed, and why, instead of "running" forever
             if self.main:
                 self.writer.write_meta({"status": "failed", "failed": now(), "error": f"{type(exc).__name__}: {exc}"})
+                self.lock.release()
             raise
         return self.finish()
 
@@ -79,6 +81,9 @@ class RecipeRun:
             preflight.check_model(name)
         run_dir = Path(self.run_args.runs_dir) / (self.cfg.run_name or "run")
         self.resume = preflight.resume_target(self.cfg.resume_from_checkpoint, run_dir / "checkpoints")
+        state = PartialState()
+        self.lock = preflight.agree(state, lambda: preflight.claim_run_dir(run_dir, self.resume,
+                                                                             self.run_args.overwrite))
 
     def setup_run_dir(self) -> None:
         """The run directory, W&B's environment, the resolved config and the start of ``meta.json``."""
@@ -231,7 +236,7 @@ class RecipeRun:
             if "seed" in source_options:
                 opts.setdefault("seed", self.cfg.seed)
         self.obs = attach(self.trainer, self.run_dir, probes=spec, step_offset=self.offset,
-                          alarms=self.run_args.alarms, **sources)
+                          alarms=self.run_args.alarms, nonfinite=self.run_args.nonfinite, **sources)
         from rlscope.callbacks.console import install_console
 
         install_console(self.trainer, self.console, self.obs, desc="RL")
@@ -302,11 +307,18 @@ class RecipeRun:
             s["alarms"] = {n: {k: a[k] for k in ("step", "severity", "message")} for n, a in self.obs.alarms.fired.items()}
             if self.obs.alarms.stopped is not None:
                 s["stopped"] = self.obs.alarms.stopped
+        if self.obs.guard.total:
+            s["nonfinite_steps"] = self.obs.guard.total
+        if self.obs.guard.stopped_at is not None:
+            s["stopped"] = {"by": "nonfinite", "step": self.obs.guard.stopped_at,
+                            "message": "NaN/inf gradients (nonfinite: stop)"}
         s.update({"rl_steps": self.steps, "rl_seconds": self.rl_seconds,
                   "rl_steps_per_second": self.steps / max(self.rl_seconds, 1e-9),
                   "wall_seconds": time.time() - self.t0, "phases": self.phases})
         if self.main:
-            status = "stopped by alarm" if s.get("stopped") else "finished"
+            stopped = s.get("stopped")
+            status = "finished" if not stopped else ("stopped by alarm" if stopped.get("by") == "rlscope alarm" else
+                                                     f"stopped: {stopped.get('message', stopped.get('by'))}")
             self.writer.write_meta({"finished": now(), "status": status, "summary": s, "phases": self.phases})
             self.writer.close()
         return s
@@ -349,6 +361,8 @@ class RecipeRun:
 
             wandb_io.close(self.wandb_run)
             self.wandb_run = None
+        if self.lock is not None:
+            self.lock.release()
         self.state.wait_for_everyone()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()  # ZeRO-3 runs can abort at exit without it

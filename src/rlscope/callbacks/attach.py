@@ -10,7 +10,7 @@ from rlscope.registry import UnknownName
 
 
 def attach(trainer, run_dir=None, *, probes=None, step_offset: int = 0, log_prefix: str = "", alarms=None,
-           wandb: bool = False, **families) -> Observatory:
+           wandb: bool = False, nonfinite: str = "flag", **families) -> Observatory:
     """Attach the probe engine to ``trainer`` (a ``transformers.Trainer``: TRL's GRPOTrainer, SFTTrainer, a plain
     Trainer) and return it.
 
@@ -24,6 +24,9 @@ def attach(trainer, run_dir=None, *, probes=None, step_offset: int = 0, log_pref
     * ``alarms``: live alarms (:mod:`rlscope.callbacks.alarms`): ``True``, ``False`` or a dict of
       :class:`~rlscope.callbacks.alarms.AlarmConfig` fields (``every``, ``fire_at``, ``detectors``, ``stop_on``,
       ``thresholds``); default: on for a ``trl.GRPOTrainer``. The engine's ``alarms`` attribute holds them.
+    * ``nonfinite``: what a step with NaN/inf gradients does (:mod:`rlscope.callbacks.guard`): ``flag`` (count and
+      log it, the default: attaching observes), ``skip_step`` (keep it out of the weights) or ``stop``; the engine's
+      ``guard`` attribute holds it.
     * W&B: with ``report_to`` including ``wandb``, rlscope's results go into the trainer's W&B run on the axis
       ``train/rlscope/step`` (every trainer row carries it too); ``wandb=True`` logs into the W&B run already open in
       this process (``wandb.init``) even when the trainer reports elsewhere, the trainer's own logs included.
@@ -47,7 +50,11 @@ def attach(trainer, run_dir=None, *, probes=None, step_offset: int = 0, log_pref
     obs = Observatory(spec, sources=sources, run_dir=run_dir, step_offset=step_offset, log_prefix=log_prefix,
                       wandb=wandb)
     config = AlarmConfig.parse(isinstance(trainer, GRPOTrainer) if alarms is None else alarms)
+    from rlscope.callbacks.guard import NonFiniteGuard
+
+    obs.guard = NonFiniteGuard(nonfinite, step_offset=step_offset)
     obs.bind(trainer)
+    trainer.add_callback(obs.guard)  # before the engine: its counts join the logs the engine stores
     trainer.add_callback(obs)
     obs.alarms = Alarms(obs, config) if config is not None else None
     if obs.alarms is not None:

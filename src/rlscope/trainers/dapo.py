@@ -52,7 +52,17 @@ class DAPOConfig(GRPOConfig):
                 "batch is full."})
     max_generation_batches: int = field(default=8, metadata={
         "help": "Dynamic sampling guard: at most this many generation batches per optimizer step (DAPO's "
-                "max_num_gen_batches); exceeding it raises an error."})
+                "max_num_gen_batches); what happens then is `dynamic_sampling_exhausted`."})
+    dynamic_sampling_exhausted: str = field(default="fill", metadata={
+        "help": "When max_generation_batches are used up before the batch is full of groups with unequal rewards: "
+                "'fill' (the default: top the batch up with dropped groups -- zero advantage, so no policy gradient "
+                "-- and flag the step: rlscope/dynamic_sampling/filled_share > 0), or 'raise' (stop with an error "
+                "naming the cause, as verl does)."})
+    reward_errors: str = field(default="raise", metadata={
+        "help": "A reward function that raises: 'raise' (the default: stop, naming the function) or 'skip' (retry "
+                "the batch one sample at a time; a sample it still raises on is unscorable -- reward NaN, advantage "
+                "0, left out of its group's baseline as TRL does for unscorable rows --, counted in "
+                "rlscope/reward_errors/<function>, and named with the error in the log)."})
     overlong_buffer_len: int = field(default=0, metadata={
         "help": "DAPO overlong reward shaping: soft penalty over the last N tokens before max_completion_length "
                 "(0 = off)."})
@@ -75,6 +85,11 @@ class DAPOConfig(GRPOConfig):
         if self.cov_intervention != "none" and self.loss_type not in ("dapo", "bnpo", "grpo", "dr_grpo"):
             raise ValueError(f"cov_intervention {self.cov_intervention!r} works with the clipped-ratio losses "
                              f"(dapo, bnpo, grpo, dr_grpo), not loss_type {self.loss_type!r}")
+        if self.dynamic_sampling_exhausted not in ("fill", "raise"):
+            raise ValueError(f"dynamic_sampling_exhausted must be 'fill' or 'raise', got "
+                             f"{self.dynamic_sampling_exhausted!r}")
+        if self.reward_errors not in ("raise", "skip"):
+            raise ValueError(f"reward_errors must be 'raise' or 'skip', got {self.reward_errors!r}")
         for name in ("clip_cov_ratio", "kl_cov_ratio"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
@@ -86,19 +101,47 @@ class RewardFunctionError(RuntimeError):
     """A user reward function raised; the message names it."""
 
 
-def _named_reward(func: Callable) -> Callable:
-    """Wrap a reward function so an exception inside it names the function (TRL would surface a bare traceback)."""
-    name = getattr(func, "__name__", type(func).__name__)
+class GuardedReward:
+    """A user reward function, wrapped. ``policy`` 'raise': an exception inside it is re-raised naming the function
+    (TRL would surface a bare traceback). 'skip': the batch is scored again one sample at a time, and a sample the
+    function still raises on scores None (TRL's NaN); its index lands in ``skipped`` (read and cleared by the trainer
+    once per batch) and the first few errors per batch are logged with the sample."""
 
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
+    LOGGED_PER_BATCH = 3
+
+    def __init__(self, func: Callable, policy: str = "raise"):
+        self.func, self.policy = func, policy
+        self.__name__ = getattr(func, "__name__", type(func).__name__)
+        functools.update_wrapper(self, func)
+        self.skipped: list[int] = []
+
+    def __call__(self, *args, **kwargs):
         try:
-            return func(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 -- re-raised with the function's name
-            raise RewardFunctionError(f"reward function {name!r} raised {type(exc).__name__}: {exc}") from exc
+            return self.func(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 -- re-raised with the function's name, or retried per sample
+            if self.policy != "skip":
+                raise RewardFunctionError(f"reward function {self.__name__!r} raised {type(exc).__name__}: "
+                                          f"{exc}") from exc
+        return self._one_by_one(args, kwargs)
 
-    wrapper.__name__ = name
-    return wrapper
+    def _one_by_one(self, args, kwargs) -> list:
+        import logging
+
+        n = len(kwargs.get("completions") or kwargs.get("prompts") or [])
+        out = []
+        for i in range(n):
+            one = {k: [v[i]] if isinstance(v, (list, tuple)) and len(v) == n else v for k, v in kwargs.items()}
+            try:
+                out.append(self.func(*args, **one)[0])
+            except Exception as exc:  # noqa: BLE001 -- this sample is unscorable
+                out.append(None)
+                self.skipped.append(i)
+                if len(self.skipped) <= self.LOGGED_PER_BATCH:
+                    prompt = str((kwargs.get("prompts") or [""] * n)[i])[-120:]
+                    logging.getLogger("rlscope").warning(
+                        "reward function %r raised %s: %s on sample %d of the batch (prompt ...%r); scored NaN "
+                        "(reward_errors: skip)", self.__name__, type(exc).__name__, exc, i, prompt)
+        return out
 
 
 def group_keep_mask(rewards: torch.Tensor, num_generations: int) -> torch.Tensor:
@@ -129,7 +172,8 @@ class DAPOTrainer(GRPOTrainer):
                  rollout_log_every: int = 1, step_offset: int = 0, **kwargs):
         args = args if args is not None else DAPOConfig(output_dir="dapo-out")
         funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
-        funcs = [_named_reward(f) if callable(f) and not isinstance(f, (str, torch.nn.Module)) else f
+        policy = getattr(args, "reward_errors", "raise")
+        funcs = [GuardedReward(f, policy) if callable(f) and not isinstance(f, (str, torch.nn.Module)) else f
                  for f in funcs]
         if getattr(args, "overlong_buffer_len", 0) > 0:
             from trl.rewards import get_soft_overlong_punishment
@@ -165,7 +209,23 @@ class DAPOTrainer(GRPOTrainer):
 
     # -- rewards ---------------------------------------------------------------------------------------------------
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        for f in self.reward_funcs:
+            if isinstance(f, GuardedReward):
+                f.skipped.clear()
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        guarded = [(i, f) for i, f in enumerate(self.reward_funcs) if isinstance(f, GuardedReward)]
+        if guarded and getattr(self.args, "reward_errors", "raise") == "skip":
+            # which samples (of all ranks) a function raised on: the whole row becomes unscorable (NaN in every
+            # function), so TRL leaves it out of the group's baseline and gives it advantage 0 -- a partial row would
+            # be summed as if the failed function had scored 0
+            local = torch.zeros(len(prompts), len(guarded), device=rewards_per_func.device)
+            for j, (_, f) in enumerate(guarded):
+                local[f.skipped, j] = 1.0
+            failed = self.accelerator.gather(local)
+            rewards_per_func[failed.sum(dim=1) > 0] = torch.nan
+            mode = "train" if self.model.training else "eval"
+            for j, (_, f) in enumerate(guarded):
+                self._metrics[mode][f"rlscope/reward_errors/{f.__name__}"].append(float(failed[:, j].sum()))
         self._last_rewards_per_func = rewards_per_func  # gathered over all processes: same on every rank
         return rewards_per_func
 
@@ -262,7 +322,8 @@ class DAPOTrainer(GRPOTrainer):
         n_local, rank, world = len(inputs), self.accelerator.process_index, self.accelerator.num_processes
         kept_parts: list[tuple[dict, torch.Tensor, list, list]] = []
         counts = [0] * world  # kept rows per rank: computable on every rank from the gathered rewards
-        n_batches, n_groups_seen, n_groups_kept = 0, 0, 0
+        n_batches, n_groups_seen, n_groups_kept, filled = 0, 0, 0, 0
+        dropped_parts: list[tuple[dict, torch.Tensor, list, list]] = []  # this rank's dropped rows, for 'fill'
         batch_inputs = inputs
         while True:
             n_batches += 1
@@ -282,7 +343,21 @@ class DAPOTrainer(GRPOTrainer):
             out["rlscope_rewards"] = self._last_rewards_per_func[rank * n_local:(rank + 1) * n_local]
             idx = local_keep.nonzero(as_tuple=True)[0]
             kept_parts.append((out, idx, [batch_inputs[i] for i in idx.tolist()], local_rewards[idx].tolist()))
+            gone = (~local_keep).nonzero(as_tuple=True)[0]
+            dropped_parts.append((out, gone, [batch_inputs[i] for i in gone.tolist()], local_rewards[gone].tolist()))
             if min(counts) >= n_local:
+                break
+            if n_batches >= self.args.max_generation_batches and \
+                    getattr(self.args, "dynamic_sampling_exhausted", "fill") == "fill":
+                # top up with dropped groups (zero advantage: no policy gradient), newest first; flagged per step
+                need = n_local - counts[rank]
+                for part in reversed(dropped_parts):
+                    if need <= 0:
+                        break
+                    take = part[1][:need]
+                    kept_parts.append((part[0], take, part[2][:len(take)], part[3][:len(take)]))
+                    need -= len(take)
+                filled = sum(max(n_local - c, 0) for c in counts)
                 break
             if n_batches >= self.args.max_generation_batches:
                 raise RuntimeError(
@@ -290,10 +365,12 @@ class DAPOTrainer(GRPOTrainer):
                     f"process came from prompt groups with unequal rewards ({n_groups_kept}/{n_groups_seen} groups "
                     f"kept). The rewards are (almost) all equal within groups: the task is too easy or too hard for "
                     f"the policy. Raise `max_generation_batches` (now {self.args.max_generation_batches}), raise "
-                    f"`num_generations`, or set `dynamic_sampling: false`.")
+                    f"`num_generations`, or set `dynamic_sampling: false` (or `dynamic_sampling_exhausted: fill`).")
             batch_inputs = self._refill_inputs(n_local)
         stats = {"generation_batches": float(n_batches),
-                 "kept_group_share": n_groups_kept / max(n_groups_seen, 1)}
+                 "kept_group_share": n_groups_kept / max(n_groups_seen, 1),
+                 # share of the step's rows that are dropped (zero-advantage) groups topping the batch up
+                 "filled_share": filled / (n_local * world)}
         self.dynamic_sampling_stats.append(stats)
         if dynamic:
             for k, v in stats.items():
