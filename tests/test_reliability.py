@@ -222,3 +222,57 @@ def test_nan_logits_with_flag_only_show_the_damage_and_stop_mode_stops(tmp_path,
     assert RunReader(tmp_path / "stop").meta()["status"].startswith("stopped: NaN/inf gradients")
     w1, w2 = (_weights(tmp_path / "stop" / "checkpoints" / f"checkpoint-{k}") for k in (1, 2))
     assert all(torch.equal(w1[n], w2[n]) for n in w1)
+
+
+def test_wandb_unreachable_online_falls_back_offline_and_the_api_key_is_nowhere(tmp_path, tiny_sft_path,
+                                                                                  monkeypatch):
+    """Credentials present, W&B's host unreachable: the run opens offline after the init timeout, trains to the
+    end with a complete store, and its offline W&B files are there for ``wandb sync``. The API key appears in no
+    file of the run (store, config copy, meta.json, W&B's own files, the report)."""
+    from rlscope.analysis.readers import read_run
+
+    key = "local-" + "5eC2e7" * 7
+    monkeypatch.setenv("WANDB_API_KEY", key)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there: connection refused
+    monkeypatch.setenv("RLSCOPE_WANDB_INIT_TIMEOUT", "5")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    runs = tmp_path / "runs"
+    assert main(["train", "--config", str(RECIPES / "tiny_dapo.yaml"), "--runs_dir", str(runs), "--run_name", "w",
+                 "--max_steps", "2", "--eval_heldout", "false", "--console", "none", "--report_to", "wandb"]) == 0
+    run = runs / "w"
+    meta = RunReader(run).meta()
+    assert meta["status"] == "finished" and meta["wandb"]["mode"] == "offline"
+    assert "W&B was unreachable (CommError" in meta["wandb"]["fallback"]
+    assert sorted({r["step"] for r in RunReader(run).records("metrics")}) == [1, 2]
+    offline = read_run(run / "wandb")  # the offline W&B run holds what the store holds, ready for wandb sync
+    for name in ("loss", "reward", "rlscope/entropy/mean"):
+        assert list(offline.series(name)[0]) == RunReader(run).series(name)[0], name
+    assert offline.meta["complete"]
+    assert (run / "analysis" / "report.html").exists()
+    leaked = [str(p.relative_to(run)) for p in run.rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
+    assert not leaked, f"the W&B API key is written in {leaked}"
+
+
+HOSTILE = "ok\x1b[2J\x1b]0;pwned\x07 \u202eevil [bold red]loud[/] \x9b31m"
+
+
+def test_model_text_reaches_the_terminal_as_visible_escapes():
+    import io
+
+    from rich.console import Console
+
+    from rlscope.analysis.analyze import print_table
+    from rlscope.common import terminal_safe
+
+    safe = terminal_safe(HOSTILE)
+    assert safe == "ok\\x1b[2J\\x1b]0;pwned\\x07 \\u202eevil [bold red]loud[/] \\x9b31m"
+    assert terminal_safe("a\tb\nc") == "a\tb\nc"
+    # a verdict quoting model text (planning_tokens quotes grams of completions) in the analyze table
+    result = {"source": "x", "format": "rlscope", "steps": 3,
+              "analyses": {"planning_tokens": {"status": "ok", "verdict": f"grams (e.g. {HOSTILE!s})"}}}
+    buf = io.StringIO()
+    print_table(result, console=Console(file=buf, width=200, color_system=None))
+    out = buf.getvalue()
+    assert not any(c in out for c in "\x1b\x07\x9b\u202e")
+    assert "[bold red]loud[/]" in out  # rich markup in model text is shown, not obeyed

@@ -52,8 +52,10 @@ def cmd_demo(ns) -> int:
     a = s.get("analysis") or {}
     if a.get("verdicts"):
         print("\nwhat the analysis found (rlscope analyze; numbers and intervals in analysis.json):")
+        from rlscope.common import terminal_safe
+
         for name, verdict in a["verdicts"].items():
-            print(f"  {name + ':':<18} {verdict}")
+            print(f"  {name + ':':<18} {terminal_safe(verdict)}")
     if a.get("report"):
         where = " and into its W&B run" + (" (offline: wandb sync uploads it)" if a.get("wandb", {}).get("mode") ==
                                            "offline" else "") if a.get("wandb") else ""

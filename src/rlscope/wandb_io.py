@@ -25,6 +25,9 @@ PREFIX = "rlscope/analysis"
 RUN_DIR_RE = re.compile(r"^(offline-)?run-\d{8}_\d{6}-(?P<id>[a-z0-9]+)(-\d+)?$")
 
 
+_FALLBACK: dict[str, str] = {}  # run id -> why an online run opened offline
+
+
 def has_credentials() -> bool:
     """An API key in ``WANDB_API_KEY`` or in ``~/.netrc`` for W&B's host (``wandb login`` writes it there)."""
     if os.environ.get("WANDB_API_KEY"):
@@ -46,14 +49,35 @@ def mode() -> str:
 
 def open_run(run_dir, name: str, config: dict | None = None, run_id: str | None = None,
              project: str | None = None, entity: str | None = None):
-    """Start (or, with ``run_id``, resume) a W&B run whose files go under ``run_dir/wandb``."""
+    """Start (or, with ``run_id``, resume) a W&B run whose files go under ``run_dir/wandb``.
+
+    Online, W&B may be unreachable (no network, a firewall, an outage): after ``RLSCOPE_WANDB_INIT_TIMEOUT`` seconds
+    (default 60) the run opens offline instead -- training goes on, the files are under ``run_dir/wandb`` and ``wandb
+    sync`` uploads them later; :func:`run_info` records why (``fallback``)."""
+    import logging
+
     import wandb
 
     if wandb.run is not None and (run_id is None or wandb.run.id != run_id):
         wandb.finish()  # one rlscope run, one W&B run: a run left open in this process would take our logs
-    return wandb.init(project=project or os.environ.get("WANDB_PROJECT", "rlscope"), entity=entity, name=name,
-                      dir=str(run_dir), config=config, id=run_id, resume="allow" if run_id else None, mode=mode(),
-                      settings=wandb.Settings(silent=True))
+    kwargs = dict(project=project or os.environ.get("WANDB_PROJECT", "rlscope"), entity=entity, name=name,
+                  dir=str(run_dir), config=config, id=run_id, resume="allow" if run_id else None)
+    wanted = mode()
+    if wanted != "online":
+        return wandb.init(**kwargs, mode=wanted, settings=wandb.Settings(silent=True))
+    timeout = float(os.environ.get("RLSCOPE_WANDB_INIT_TIMEOUT", "60"))
+    try:
+        return wandb.init(**kwargs, mode="online", settings=wandb.Settings(silent=True, init_timeout=timeout))
+    except Exception as exc:  # noqa: BLE001 -- CommError, timeouts, auth errors: never the end of a training run
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+        logging.getLogger("rlscope").warning("rlscope: W&B online failed (%s); logging offline under %s/wandb -- "
+                                             "`wandb sync` uploads it later", reason, run_dir)
+        if wandb.run is not None:
+            wandb.finish()
+        wandb.teardown()
+        run = wandb.init(**kwargs, mode="offline", settings=wandb.Settings(silent=True))
+        _FALLBACK[run.id] = reason
+        return run
 
 
 def close(run) -> None:
@@ -69,8 +93,11 @@ def close(run) -> None:
 
 def run_info(run) -> dict:
     """What ``meta.json`` keeps of a W&B run, so the analysis can find it again."""
-    return {"id": run.id, "project": run.project, "entity": getattr(run, "entity", None) or None,
+    info = {"id": run.id, "project": run.project, "entity": getattr(run, "entity", None) or None,
             "mode": "offline" if run.settings._offline else "online", "dir": str(Path(run.dir).parent)}
+    if run.id in _FALLBACK:
+        info["fallback"] = f"online was asked for but W&B was unreachable ({_FALLBACK[run.id]})"
+    return info
 
 
 def find_run(path) -> dict | None:

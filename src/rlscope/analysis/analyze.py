@@ -87,10 +87,17 @@ KEY_NUMBERS = {
 def print_table(result: dict, console=None) -> None:
     """The verdicts of one run as a rich table on the terminal."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
+    from rlscope.common import terminal_safe
+
+    def safe(text) -> str:  # verdicts can quote model text (e.g. planning_tokens' grams)
+        return escape(terminal_safe(text))
+
     console = console or Console()
-    table = Table(title=f"rlscope analyze: {Path(result['source']).name} ({result['format']}, {result['steps']} steps)",
+    table = Table(title=safe(f"rlscope analyze: {Path(result['source']).name} ({result['format']}, "
+                             f"{result['steps']} steps)"),
                   show_lines=True, expand=True)
     table.add_column("analysis", style="bold", no_wrap=True)
     table.add_column("verdict", ratio=5)
@@ -99,7 +106,7 @@ def print_table(result: dict, console=None) -> None:
         keys = KEY_NUMBERS.get(name, ())
         nums = ", ".join(f"{k} {_fmt(r.get(k))}" for k in keys if r.get(k) is not None)
         style = "dim" if r["status"] == "skipped" else None
-        table.add_row(name, r["verdict"], nums, style=style)
+        table.add_row(safe(name), safe(r["verdict"]), safe(nums), style=style)
     console.print(table)
 
 
