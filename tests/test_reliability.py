@@ -276,3 +276,119 @@ def test_model_text_reaches_the_terminal_as_visible_escapes():
     out = buf.getvalue()
     assert not any(c in out for c in "\x1b\x07\x9b\u202e")
     assert "[bold red]loud[/]" in out  # rich markup in model text is shown, not obeyed
+
+
+# -- kill -9 and resume -------------------------------------------------------------------------------------------
+
+TIMING = ("seconds", "step_time", "profiling/", "train_runtime", "_per_second", "summary/train_loss")
+
+
+def _comparable(run, stream: str) -> list[dict]:
+    """A stream's records without wall-clock timings (and the Trainer's end-of-session mean loss, which averages
+    only the steps the session ran)."""
+    out = []
+    for r in RunReader(run).records(stream):
+        if any(t in str(r.get("name", "")) for t in TIMING):
+            continue
+        out.append({k: v for k, v in r.items() if "seconds" not in k})
+    return out
+
+
+KILL_ARGS = ("--max_steps", "8", "--save_steps", "2", "--save_total_limit", "10", "--task_config",
+             '{"seed": 0, "n_heldout": 6}', "--eval_samples", "0", "--probe_every", '{"passk": 2, "weights": 2}',
+             "--probe_options", '{"passk": {"n": 2, "max_prompts": 3}}', "--console", "none", "--report_to", "none")
+
+
+def _launch(runs, name, *extra):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "rlscope.train", "--config", str(RECIPES / "tiny_dapo.yaml"),
+                             "--runs_dir", str(runs), "--run_name", name, *KILL_ARGS, *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "RLSCOPE_DEBUG": ""})
+
+
+def _kill_during_step(proc, run, after_step: int) -> None:
+    """SIGKILL once the run has logged ``after_step`` (a checkpoint exists before it): it is inside the next step."""
+    import signal
+    import time
+
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        path = run / "metrics.jsonl"
+        if path.exists() and any(f'"step": {after_step},' in line for line in path.read_text().splitlines()):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_sft_path):
+    runs = tmp_path_factory.mktemp("uninterrupted")
+    proc = _launch(runs, "r")
+    assert proc.wait() == 0, proc.stderr.read().decode()[-3000:]
+    return runs / "r"
+
+
+@pytest.mark.parametrize("torn", [False, True], ids=["mid-step", "mid-record"])
+def test_kill_9_and_resume_logs_what_an_uninterrupted_run_would(uninterrupted, tmp_path, torn):
+    """A real run SIGKILLed inside step 6 (checkpoint-4 on disk; "mid-record": also the half-written record a kill
+    during a store write leaves, in every stream), resumed with --resume_from_checkpoint true: every stream holds each
+    step once and equals the uninterrupted run's record for record -- metrics, rollouts, held-out evals, pass@k
+    (its base curve measured once, before the first update), weight geometry (W_0 kept; the previous dominant
+    direction of dW restored, so dw_dir_cos at step 6 is measured as it was), the entropy probe's first-step
+    threshold, the dynamic-sampling refill RNG. On CPU the computation is deterministic, so equal means equal."""
+    runs = tmp_path / "runs"
+    run = runs / "r"
+    _kill_during_step(_launch(runs, "r"), run, after_step=5)
+    assert (run / "checkpoints" / "checkpoint-4").is_dir()
+    assert RunReader(run).meta()["status"] == "running"  # killed: nothing could record it
+    w0 = {p.name: p.read_bytes() for p in (run / "weights" / "w0").iterdir()}
+    if torn:
+        for stream in ("metrics", "rollouts", "passk", "weights", "evals"):
+            path = run / f"{stream}.jsonl"
+            last = path.read_bytes().rstrip(b"\n").rsplit(b"\n", 1)[-1]
+            with open(path, "ab") as f:
+                f.write(last[:len(last) // 2])  # what a kill during the write of a record leaves
+    proc = _launch(runs, "r", "--resume_from_checkpoint", "true")
+    assert proc.wait() == 0, proc.stderr.read().decode()[-3000:]
+    assert RunReader(run).meta()["status"] == "finished"
+    for stream in ("metrics", "rollouts", "evals", "passk", "weights"):
+        got, want = _comparable(run, stream), _comparable(uninterrupted, stream)
+        assert got, stream
+        assert len(got) == len(want), (stream, len(got), len(want))
+        assert got == want, stream
+    keys = [(r["step"], r["name"]) for r in RunReader(run).records("metrics")]
+    assert len(keys) == len(set(keys))
+    assert [(r["step"], r["kind"]) for r in RunReader(run).records("passk")] == \
+        [(0, "base"), (2, "current"), (4, "current"), (6, "current"), (8, "current")]
+    assert {p.name: p.read_bytes() for p in (run / "weights" / "w0").iterdir()} == w0
+    cos = {r["step"]: r["value"] for r in RunReader(run).records("metrics") if r["name"] == "rlscope/weights/dw_dir_cos_left"}
+    assert cos[6] is not None and 0 < cos[6] <= 1  # the direction of step 4 came back from the store
+    # the dynamic-sampling refill RNG was exercised after the resume point, and reproduced
+    batches = {r["step"]: r["value"] for r in RunReader(run).records("metrics")
+               if r["name"] == "rlscope/dynamic_sampling/generation_batches"}
+    assert any(v > 1 for s, v in batches.items() if s > 4), batches
+
+
+@pytest.mark.parametrize("recipe,steps,resume_at", [("tiny_interleave_relift", 10, 3),
+                                                    ("tiny_interleave_heat_on_low_accuracy", 12, 5)])
+def test_a_resumed_schedule_decides_as_the_uninterrupted_run(recipe, steps, resume_at, tmp_path, tiny_sft_path):
+    """ReLIFT's buffer of unsolved prompts and HEAT's cooldown live in the schedule: saved in every checkpoint with
+    the trainer's RNGs and TRL's buffered rollouts (checkpoint 3 falls inside a generation cycle), a run resumed from
+    a checkpoint takes the same SFT steps and logs the same records."""
+    runs = tmp_path / "runs"
+    args = ["train", "--config", str(RECIPES / f"{recipe}.yaml"), "--runs_dir", str(runs), "--max_steps", str(steps),
+            "--eval_heldout", "false", "--console", "none", "--report_to", "none", "--analyze", "false",
+            "--save_steps", "1", "--save_total_limit", "20"]
+    assert main([*args, "--run_name", "a"]) == 0
+    shutil.copytree(runs / "a", runs / "b")
+    assert main([*args, "--run_name", "b", "--resume_from_checkpoint",
+                 str(runs / "b" / "checkpoints" / f"checkpoint-{resume_at}")]) == 0
+    decided = [RunReader(runs / r).meta()["summary"]["schedule"]["sft_steps"] for r in ("a", "b")]
+    assert decided[0] == decided[1] and any(s > resume_at for s in decided[0]), decided
+    for stream in ("metrics", "rollouts"):
+        assert _comparable(runs / "b", stream) == _comparable(runs / "a", stream), stream

@@ -250,7 +250,16 @@ class RecipeRun:
         skipped under ZeRO-3 (parameters are sharded)."""
         from rlscope.common import zero_stage
 
-        if self.run_args.eval_heldout and zero_stage() != 3 and self.main:
+        if when == "before" and self.resume is not None and self.main:  # measured by the run being resumed
+            from rlscope.store import RunReader
+
+            done = [e for e in RunReader(self.run_dir).evals() if e.get("phase") == "before_rl"]
+            if done:
+                self.summary.update({f"heldout{kind}_before": next(
+                    (e["value"] for e in done if e["name"] == f"heldout/{name}"), None)
+                    for kind, name in (("", "accuracy"), ("_sampled", "sampled_accuracy"))})
+                when = "skip"
+        if self.run_args.eval_heldout and zero_stage() != 3 and self.main and when != "skip":
             from rlscope.evaluate import evaluate_task
 
             step = self.offset + (self.trainer.state.global_step if when == "after" else 0)

@@ -26,6 +26,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from transformers import TrainerCallback
 
 from rlscope.cadence import Cadence
@@ -115,6 +116,45 @@ def plan(probes=None, every=None, options=None, sources=None) -> tuple[dict[str,
     for run in runs.values():
         source_opts.setdefault(run.probe.source, {})
     return runs, dict(source_opts)
+
+
+def save_state(run_dir: Path, probe, state: dict, step: int) -> None:
+    """The probe's ``persist`` entries of its state (``{key: {name: tensor or tuple of tensors}}``) after the probe
+    ran at ``step``, as ``<run>/state/<probe>/step<N>.safetensors`` (written whole: a temporary file, then renamed)."""
+    import os
+
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for key in probe.persist:
+        for name, value in (state.get(key) or {}).items():
+            parts = value if isinstance(value, (tuple, list)) else (value,)
+            for i, t in enumerate(parts):
+                if isinstance(t, torch.Tensor):
+                    tensors[f"{key}\t{name}\t{i}"] = t.detach().to("cpu").contiguous()
+    d = Path(run_dir) / "state" / probe.name
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / f".step{step:08d}.safetensors.tmp"
+    save_file(tensors, str(tmp))
+    os.replace(tmp, d / f"step{step:08d}.safetensors")
+
+
+def load_state(run_dir: Path, probe, state: dict, step: int) -> None:
+    """A resumed run's probe state: the ``persist`` entries saved by the last run of the probe at or before ``step``
+    (later files are of steps the resume runs again)."""
+    from safetensors.torch import load_file
+
+    files = sorted(p for p in (Path(run_dir) / "state" / probe.name).glob("step*.safetensors")
+                   if int(p.stem[4:]) <= step)
+    if not files:
+        return
+    parts: dict[tuple[str, str], dict[int, torch.Tensor]] = defaultdict(dict)
+    for flat, tensor in load_file(str(files[-1])).items():
+        key, name, i = flat.split("\t")
+        parts[(key, name)][int(i)] = tensor
+    for (key, name), items in parts.items():
+        value = tuple(items[i] for i in sorted(items))
+        state.setdefault(key, {})[name] = value if len(value) > 1 else value[0]
 
 
 class Observatory(TrainerCallback):
@@ -240,6 +280,8 @@ class Observatory(TrainerCallback):
                 result["seconds"] = time.perf_counter() - t2
                 scalars = self.publisher.probe_result(ctx.step, r.probe.name, result, ctx.trainer_step)
                 self.history.append((ctx.step, r.probe.name, scalars))
+                if r.probe.persist and self.run_dir is not None:
+                    save_state(self.run_dir, r.probe, self.state[r.probe.name], ctx.step)
                 self.last.update(scalars)
                 self.latest[r.probe.name] = (ctx.step, result)
         if engine:
@@ -255,6 +297,8 @@ class Observatory(TrainerCallback):
         for run in self.runs.values():
             if run.probe.restore is not None:
                 run.probe.restore(reader, self.state[run.probe.name])
+            if run.probe.persist:
+                load_state(self.writer.dir, run.probe, self.state[run.probe.name], self.step_offset + state.global_step)
 
     def measure(self, model, tokenizer=None, step: int = 0, when: str = "step") -> dict[str, float]:
         """Run every enabled probe now, outside a training loop, on ``model`` (single process): e.g. pass@k or weight

@@ -20,6 +20,10 @@ A probe is one file in this package that registers itself::
 * ``cadence`` -- the default :class:`~rlscope.cadence.Cadence`; users override it per probe.
 * ``restore`` -- optional ``restore(reader, state)``: rebuild the probe's remembered state from a run store when a
   run is resumed (e.g. the pass@k base curve).
+* ``persist`` -- keys of ``state`` holding tensors (``{key: {name: tensor or tuple}}``) that a resumed run needs
+  and the store's records cannot give back (e.g. the previous dominant direction of dW): the engine saves them after
+  each run of the probe (``<run>/state/<probe>/step<N>.safetensors``) and a resume loads those of the last run at
+  or before its step.
 
 ``fn(view, state, **options) -> dict``: ``state`` is a dict the probe may use to remember values across calls; its
 keyword options are the probe's options. Values are floats (metrics), or the output types below for what is not a
@@ -53,6 +57,7 @@ class Probe:
     cadence: Cadence
     restore: Callable | None = None
     doc: str = ""
+    persist: tuple[str, ...] = ()
 
     @property
     def options(self) -> dict[str, object]:
@@ -80,7 +85,7 @@ PROBES: Registry[Probe] = Registry("probe", package="rlscope.probes")
 
 def register(name: str, *, source: str, inputs: tuple[str, ...], outputs: tuple[str, ...],
              extras: tuple[str, ...] = (), cost: str = "cheap", cadence: Cadence = Cadence(every=1),
-             restore: Callable | None = None):
+             restore: Callable | None = None, persist: tuple[str, ...] = ()):
     """Decorator: declare ``fn`` as the probe ``name`` (see the module docstring)."""
     if source not in SOURCES:
         raise ValueError(f"probe {name!r}: source must be one of {SOURCES}, got {source!r}")
@@ -90,7 +95,7 @@ def register(name: str, *, source: str, inputs: tuple[str, ...], outputs: tuple[
     def deco(fn):
         doc = (fn.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
         PROBES.register(name, Probe(name, fn, source, tuple(inputs), tuple(outputs), tuple(extras), cost, cadence,
-                                    restore, " ".join(doc.split())))
+                                    restore, " ".join(doc.split()), tuple(persist)))
         return fn
 
     return deco

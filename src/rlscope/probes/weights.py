@@ -180,7 +180,7 @@ class WeightView:
                    "sv_rel_change_max", "dw_rel_norm", "dw_sigma<i>", "dw_rank1_energy", "dw_stable_rank",
                    "dw_dir_cos_left", "dw_dir_cos_right", "kind/<kind>/<stat>", "layer/<i>/<stat>", "n_matrices"),
           extras=("per_matrix",),
-          cost="heavy", cadence=Cadence(every=50, at_end=True))
+          cost="heavy", cadence=Cadence(every=50, at_end=True), persist=("prev",))
 def weight_geometry(view: WeightView, state: dict, k: int = 16, n_dw_sv: int = 4, exact_below: int = 1024) -> dict:
     """Rotation vs scaling of the weights and the structure of dW = W_t - W_0, per matrix and aggregated.
 

@@ -17,8 +17,11 @@ and ``_calculate_rewards`` (to see the gathered rewards the group decision needs
 from __future__ import annotations
 
 import functools
+import json
+import os
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -201,6 +204,79 @@ class DAPOTrainer(GRPOTrainer):
                 raise ValueError(
                     f"dynamic_sampling needs whole prompt groups per process: per_device_train_batch_size * "
                     f"steps_per_generation ({local}) must be a multiple of num_generations ({self.num_generations})")
+
+    # -- checkpoints: what TRL and transformers do not save ------------------------------------------------------
+    def rlscope_state(self) -> dict:
+        """This rank's own state, saved in every checkpoint (JSON): the dynamic-sampling refill RNG, the Clip-Cov
+        generator and TRL's micro-step counter; subclasses add theirs (the interleaving trainer: its schedule and
+        decisions). TRL's buffered rollouts go beside it (:meth:`_save_rng_state`)."""
+        version, internal, gauss = self._refill_rng.getstate()
+        return {"refill_rng": [version, list(internal), gauss], "cov_gen": self._cov_gen.get_state().tolist(),
+                "trl_step": self._step}
+
+    def load_rlscope_state(self, state: dict) -> None:
+        version, internal, gauss = state["refill_rng"]
+        self._refill_rng.setstate((version, tuple(internal), gauss))
+        self._cov_gen.set_state(torch.tensor(state["cov_gen"], dtype=torch.uint8))
+        self._step = int(state["trl_step"])
+
+    def _state_file(self, directory, suffix: str = "json") -> Path:
+        return Path(directory) / f"rlscope_state-rank{self.accelerator.process_index}.{suffix}"
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        """transformers saves the RNGs (per rank); rlscope adds :meth:`rlscope_state` and TRL's buffered rollouts:
+        with ``steps_per_generation`` > 1 a checkpoint can fall inside a generation cycle, and without the buffer a
+        resumed run would generate anew where the uninterrupted one trained on the buffered (off-policy) half."""
+        super()._save_rng_state(output_dir)
+        from safetensors.torch import save_file
+
+        from rlscope.store import atomic_write
+
+        state = self.rlscope_state()
+        tensors, layout = {}, []
+        for i, batch in enumerate(getattr(self, "_buffered_inputs", None) or []):
+            entry = {}
+            for key, value in batch.items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"{i}\t{key}"] = value.detach().to("cpu").clone()  # shared storage: one copy each
+                    entry[key] = "tensor"
+                elif value is None or isinstance(value, (bool, int, float, str)):
+                    entry[key] = {"value": value}
+                else:  # e.g. images of a multimodal batch: not saved; a resume generates anew
+                    layout, tensors = None, {}
+                    break
+            if layout is None:
+                break
+            layout.append(entry)
+        state["buffer"] = layout
+        if layout:
+            tmp = self._state_file(output_dir, "safetensors.tmp")
+            save_file(tensors, str(tmp))
+            os.replace(tmp, self._state_file(output_dir, "safetensors"))
+        atomic_write(self._state_file(output_dir), json.dumps(state))
+
+    def _load_rng_state(self, checkpoint) -> None:
+        super()._load_rng_state(checkpoint)
+        if checkpoint is None:
+            return
+        path = self._state_file(checkpoint)
+        if path.is_file():
+            state = json.loads(path.read_text())
+            self.load_rlscope_state(state)
+            if state.get("buffer"):
+                from safetensors.torch import load_file
+
+                tensors = load_file(str(self._state_file(checkpoint, "safetensors")))
+                device = self.accelerator.device
+                self._buffered_inputs = [
+                    {k: tensors[f"{i}\t{k}"].to(device) if v == "tensor" else v["value"] for k, v in entry.items()}
+                    for i, entry in enumerate(state["buffer"])]
+        else:
+            import warnings
+
+            warnings.warn(f"{path.name} is not in checkpoint {checkpoint} (written by an older rlscope, or by "
+                          f"another number of processes): the dynamic-sampling refill and the schedule start afresh, "
+                          f"so the resumed run differs from an uninterrupted one there", stacklevel=2)
 
     @property
     def text_tokenizer(self):

@@ -62,6 +62,22 @@ class InterleavedTrainer(DAPOTrainer):
             raise ValueError(f"schedule {schedule.name!r} learns from demonstrations of the RL prompts, but task "
                              f"{task.name!r} gives none (Task.demonstration returns None)")
 
+    # -- checkpoints ---------------------------------------------------------------------------------------------
+    def rlscope_state(self) -> dict:
+        version, internal, gauss = self._sft_rng.getstate()
+        return {**super().rlscope_state(), "schedule": self.schedule.state_dict(), "decisions": self.decisions,
+                "accuracy_window": list(self._acc), "pass_rate": self._pass_rate,
+                "sft_rng": [version, list(internal), gauss]}
+
+    def load_rlscope_state(self, state: dict) -> None:
+        super().load_rlscope_state(state)
+        self.schedule.load_state_dict(state["schedule"])
+        self.decisions = [tuple(d) for d in state["decisions"]]
+        self._acc = deque(state["accuracy_window"], maxlen=self._acc.maxlen)
+        self._pass_rate = dict(state["pass_rate"])
+        version, internal, gauss = state["sft_rng"]
+        self._sft_rng.setstate((version, tuple(internal), gauss))
+
     # -- signals -------------------------------------------------------------------------------------------------
     def _on_generation_batch(self, inputs, rewards_per_func) -> None:
         g = self.num_generations

@@ -83,6 +83,18 @@ class Schedule:
     def log_values(self) -> dict[str, float]:
         return {}
 
+    def state_dict(self) -> dict:
+        """Everything the schedule remembers (its attributes; a deque as its items and length), JSON-able: saved in
+        every checkpoint, so a resumed run decides as an uninterrupted one would (ReLIFT's buffer, HEAT's
+        cooldown, SFT-then-RL's switch)."""
+        return {k: {"deque": list(v), "maxlen": v.maxlen} if isinstance(v, deque) else v for k, v in vars(self).items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state.items():
+            if isinstance(v, dict) and set(v) == {"deque", "maxlen"}:
+                v = deque(v["deque"], maxlen=v["maxlen"])
+            setattr(self, k, v)
+
 
 def schedule(cls: type[Schedule]) -> type[Schedule]:
     """Class decorator: register a schedule under its ``name``."""
