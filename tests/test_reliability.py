@@ -392,3 +392,79 @@ def test_a_resumed_schedule_decides_as_the_uninterrupted_run(recipe, steps, resu
     assert decided[0] == decided[1] and any(s > resume_at for s in decided[0]), decided
     for stream in ("metrics", "rollouts"):
         assert _comparable(runs / "b", stream) == _comparable(runs / "a", stream), stream
+
+
+def test_a_full_disk_under_the_store_stops_the_run_with_what_to_do_and_the_checkpoints_intact(tmp_path,
+                                                                                              tiny_sft_path):
+    """At step 3 the store's disk fills up (its metrics file now writes to /dev/full: the kernel answers ENOSPC).
+    The run stops with one message naming the file, what is intact and how to go on; checkpoint-2 is whole; once
+    there is space again the run resumes from it and ends with every step stored once."""
+    import os
+
+    from transformers import TrainerCallback
+
+    from rlscope.recipe import parse_recipe
+    from rlscope.store import StoreFull
+    from rlscope.train import RecipeRun
+
+    runs = tmp_path / "runs"
+    run = runs / "r"
+    argv = ["--config", str(RECIPES / "tiny_dapo.yaml"), "--runs_dir", str(runs), "--run_name", "r", "--max_steps",
+            "6", "--eval_heldout", "false", "--save_steps", "2", "--save_total_limit", "10", *QUIET]
+    holder = {}
+
+    class DiskFills(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                writer = holder["run"].obs.writer
+                writer.close()  # the next record reopens the file -- on a full disk
+                os.replace(run / "metrics.jsonl", tmp_path / "metrics.saved")
+                os.symlink("/dev/full", run / "metrics.jsonl")
+
+    recipe = RecipeRun(*parse_recipe(argv), quiet=True, callbacks=(DiskFills(),))
+    holder["run"] = recipe
+    with pytest.raises(StoreFull, match=r"no space left to write .*metrics.jsonl \(No space left on device\): the run "
+                                        r"stops here; its checkpoints so far are intact .*--resume_from_checkpoint"):
+        recipe.run()
+    assert RunReader(run).meta()["status"] == "failed" and "No space left" in RunReader(run).meta()["error"]
+    checkpoint = run / "checkpoints" / "checkpoint-2"
+    assert (checkpoint / "trainer_state.json").is_file() and (checkpoint / "model.safetensors").is_file()
+    # space again: the metrics file comes back, the run resumes from its last checkpoint
+    os.unlink(run / "metrics.jsonl")
+    os.replace(tmp_path / "metrics.saved", run / "metrics.jsonl")
+    assert _train(runs, "--run_name", "r", "--max_steps", "6", "--eval_heldout", "false", "--save_steps", "2",
+                  "--resume_from_checkpoint", "true") == 0
+    keys = [(r["step"], r["name"]) for r in RunReader(run).records("metrics")]
+    assert len(keys) == len(set(keys)) and sorted({k[0] for k in keys}) == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_probe_that_raises_on_the_main_rank_of_two_is_disabled_everywhere_without_a_hang(tmp_path, tiny_sft_path):
+    """Two real processes (DDP, gloo). The probe -- the only one on the tokens source, so its collection is the
+    source's collective -- raises on rank 0 (where probe functions run) at step 2: the run does not hang (rank 1
+    learns at the next step that the probe is off and stops collecting for it with rank 0), warns, flags
+    ``rlscope/explode/failed`` at step 2, and trains to the end."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = {**os.environ, "RLSCOPE_DEBUG": "", "PYTHONPATH": str(ROOT / "tests") + os.pathsep +
+           os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                          str(RECIPES / "accelerate" / "ddp2.yaml"), str(ROOT / "tests" / "fault_probe.py"),
+                          "--config", str(RECIPES / "tiny_dapo.yaml"), "--runs_dir", str(tmp_path / "runs"),
+                          "--run_name", "p", "--max_steps", "4", "--probes", "explode", *QUIET,
+                          "--eval_heldout", "false"], capture_output=True, text=True, env=env, timeout=420,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "probe 'explode' raised at step 2 (ZeroDivisionError: planted fault in probe explode); it is disabled on " \
+           "all ranks" in out.stderr
+    run = tmp_path / "runs" / "p"
+    metrics = {(r["step"], r["name"]): r["value"] for r in RunReader(run).records("metrics")}
+    assert metrics[(1, "rlscope/explode/calls")] == 1.0 and metrics[(2, "rlscope/explode/failed")] == 1.0
+    assert not [k for k in metrics if k[1] == "rlscope/explode/calls" and k[0] > 2]
+    assert all((s, "loss") in metrics for s in (1, 2, 3, 4))
+    meta = RunReader(run).meta()
+    assert meta["status"] == "finished" and meta["world_size"] == 2
+    assert meta["summary"]["probe_errors"]["explode"]["step"] == 2

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from rlscope.errors import UsageError
+
 STREAMS = ("metrics", "rollouts", "evals", "passk", "weights")  # the streams rlscope itself writes
 _STREAM_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -144,6 +146,17 @@ def atomic_write(path: Path, data: str | bytes) -> None:
     os.replace(tmp, path)
 
 
+class StoreFull(UsageError, OSError):
+    """The run store's disk (or quota) is full; the message says what stays intact and how to go on (one line on
+    the command line, like a usage error; also an ``OSError``)."""
+
+    def __init__(self, message: str):
+        import errno
+
+        super().__init__(message)
+        self.errno = errno.ENOSPC
+
+
 class RunLock:
     """One writer per run directory: an exclusive ``flock`` on ``<run>/.lock``, held while the run lives. The
     operating system drops it when the process ends, however it ends (``kill -9`` included), so a resume after a
@@ -203,14 +216,25 @@ class RunWriter:
 
     # -- streams ---------------------------------------------------------------------------------------------------
     def _append(self, stream: str, records: Iterable[dict]) -> None:
-        f = self._files.get(stream)
-        if f is None:
-            path = self.dir / f"{stream}.jsonl"
-            _drop_torn_tail(path)
-            f = self._files[stream] = open(path, "a", encoding="utf-8")
-        for rec in records:
-            f.write(json.dumps({k: _clean(v) for k, v in rec.items()}, default=str) + "\n")
-        f.flush()
+        try:
+            f = self._files.get(stream)
+            if f is None:
+                path = self.dir / f"{stream}.jsonl"
+                _drop_torn_tail(path)
+                f = self._files[stream] = open(path, "a", encoding="utf-8")
+            for rec in records:
+                f.write(json.dumps({k: _clean(v) for k, v in rec.items()}, default=str) + "\n")
+            f.flush()
+        except OSError as exc:
+            import errno
+
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise
+            self._files.pop(stream, None)
+            raise StoreFull(f"no space left to write {self.dir / (stream + '.jsonl')} ({exc.strerror}): the run "
+                            f"stops here; its checkpoints so far are intact under {self.dir / 'checkpoints'} and a "
+                            f"record cut short is dropped on resume -- free space, then resume with "
+                            f"`--resume_from_checkpoint true`") from exc
 
     def log_metrics(self, step: int, values: dict[str, float]) -> None:
         recs = []

@@ -61,7 +61,11 @@ class RecipeRun:
             self.analyze()
         except BaseException as exc:  # meta.json says the run failed, and why, instead of "running" forever
             if self.main:
-                self.writer.write_meta({"status": "failed", "failed": now(), "error": f"{type(exc).__name__}: {exc}"})
+                try:
+                    self.writer.write_meta({"status": "failed", "failed": now(),
+                                            "error": f"{type(exc).__name__}: {exc}"})
+                except OSError:  # the disk that failed the run may fail this too: the original error matters
+                    pass
                 self.lock.release()
             raise
         return self.finish()
@@ -316,6 +320,8 @@ class RecipeRun:
             s["alarms"] = {n: {k: a[k] for k in ("step", "severity", "message")} for n, a in self.obs.alarms.fired.items()}
             if self.obs.alarms.stopped is not None:
                 s["stopped"] = self.obs.alarms.stopped
+        if self.obs.failed:
+            s["probe_errors"] = self.obs.failed
         if self.obs.guard.total:
             s["nonfinite_steps"] = self.obs.guard.total
         if self.obs.guard.stopped_at is not None:

@@ -192,6 +192,7 @@ class Observatory(TrainerCallback):
         self.latest: dict[str, tuple[int, dict]] = {}
         self.trainer = None
         self.alarms = None  # live alarms (rlscope.callbacks.alarms.Alarms), set by attach
+        self.failed: dict[str, dict] = {}  # probe -> {step, error}: disabled on every rank after it raised
 
     # -- wiring ------------------------------------------------------------------------------------------------
     def bind(self, trainer) -> "Observatory":
@@ -238,7 +239,7 @@ class Observatory(TrainerCallback):
         upcoming = state.global_step + 1
         ctx = self._ctx(state, "step", model, processing_class, trainer_step=upcoming)
         for name, runs in self._by_source.items():
-            due = [r.probe for r in runs if r.cadence.due(upcoming)]
+            due = [r.probe for r in runs if r.cadence.due(upcoming) and r.probe.name not in self.failed]
             if due or self.sources[name].wants(upcoming):
                 self.sources[name].prepare(ctx, due)
 
@@ -259,12 +260,23 @@ class Observatory(TrainerCallback):
             self.publisher.flush()
 
     # -- running probes ----------------------------------------------------------------------------------------
+    def _agree_on_failures(self) -> None:
+        """Every rank learns which probes the main process disabled (probe functions run there only), before any
+        rank collects for them: a collective on one rank alone would hang the others."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            shared = [self.failed]
+            dist.broadcast_object_list(shared, src=0)
+            self.failed = shared[0]
+
     def _run(self, ctx: Context, is_due) -> None:
         t0 = time.perf_counter()
         engine: dict[str, float] = {}
+        self._agree_on_failures()
         for name, runs in self._by_source.items():
             source = self.sources[name]
-            due = [r for r in runs if is_due(r)]
+            due = [r for r in runs if is_due(r) and r.probe.name not in self.failed]
             if not due and not (ctx.when == "step" and source.wants(ctx.trainer_step)):
                 continue
             t1 = time.perf_counter()
@@ -276,7 +288,11 @@ class Observatory(TrainerCallback):
             engine[f"{name}_seconds"] = time.perf_counter() - t1
             for r in due:
                 t2 = time.perf_counter()
-                result = dict(r.probe.fn(view, self.state[r.probe.name], **r.options))
+                try:
+                    result = dict(r.probe.fn(view, self.state[r.probe.name], **r.options))
+                except Exception as exc:  # noqa: BLE001 -- one probe's bug must not end a training run
+                    self._disable(r.probe.name, ctx, exc)
+                    continue
                 result["seconds"] = time.perf_counter() - t2
                 scalars = self.publisher.probe_result(ctx.step, r.probe.name, result, ctx.trainer_step)
                 self.history.append((ctx.step, r.probe.name, scalars))
@@ -287,6 +303,17 @@ class Observatory(TrainerCallback):
         if engine:
             engine["seconds"] = time.perf_counter() - t0
             self.last.update(self.publisher.probe_result(ctx.step, "engine", engine, ctx.trainer_step))
+
+    def _disable(self, name: str, ctx: Context, exc: Exception) -> None:
+        """A probe raised (main process): it is off from now on, on every rank (:meth:`_agree_on_failures` at the
+        next step), with a warning, ``rlscope/<probe>/failed`` = 1 at this step and the error in ``failed``."""
+        import traceback
+
+        error = f"{type(exc).__name__}: {exc}"
+        self.failed[name] = {"step": ctx.step, "error": error}
+        warnings.warn(f"rlscope: probe {name!r} raised at step {ctx.step} ({error}); it is disabled on all ranks for "
+                      f"the rest of the run, training goes on\n{traceback.format_exc()}", stacklevel=2)
+        self.last.update(self.publisher.probe_result(ctx.step, name, {"failed": 1.0}, ctx.trainer_step))
 
     def _restore(self, state) -> None:
         if not state.is_world_process_zero or self.writer is None:
