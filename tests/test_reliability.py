@@ -309,8 +309,10 @@ def _launch(runs, name, *extra):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "RLSCOPE_DEBUG": ""})
 
 
-def _kill_during_step(proc, run, after_step: int) -> None:
-    """SIGKILL once the run has logged ``after_step`` (a checkpoint exists before it): it is inside the next step."""
+def _kill_during_step(proc, run, after_step: int, group: bool = False) -> None:
+    """SIGKILL once the run has logged ``after_step`` (a checkpoint exists before it): it is inside the next step.
+    ``group``: every process of the launch (the launcher started its own session)."""
+    import os
     import signal
     import time
 
@@ -321,7 +323,10 @@ def _kill_during_step(proc, run, after_step: int) -> None:
             break
         time.sleep(0.05)
     assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-    proc.send_signal(signal.SIGKILL)
+    if group:
+        os.killpg(proc.pid, signal.SIGKILL)
+    else:
+        proc.send_signal(signal.SIGKILL)
     proc.wait()
 
 
@@ -353,7 +358,17 @@ def test_kill_9_and_resume_logs_what_an_uninterrupted_run_would(uninterrupted, t
             last = path.read_bytes().rstrip(b"\n").rsplit(b"\n", 1)[-1]
             with open(path, "ab") as f:
                 f.write(last[:len(last) // 2])  # what a kill during the write of a record leaves
-    proc = _launch(runs, "r", "--resume_from_checkpoint", "true")
+        # and what a kill during the save of checkpoint-6 leaves: its weights, not yet its trainer state
+        half = run / "checkpoints" / "checkpoint-6"
+        half.mkdir(exist_ok=True)
+        shutil.copy(run / "checkpoints" / "checkpoint-4" / "model.safetensors", half / "model.safetensors")
+        (half / "trainer_state.json").unlink(missing_ok=True)
+        with pytest.raises(UsageError, match=r"checkpoint-6: an incomplete checkpoint \(no trainer_state.json.*"
+                                             r"complete checkpoints of this run: .*checkpoint-4"):
+            from rlscope.preflight import resume_target
+
+            resume_target(str(half), run / "checkpoints")
+    proc = _launch(runs, "r", "--resume_from_checkpoint", "true")  # the latest complete checkpoint
     assert proc.wait() == 0, proc.stderr.read().decode()[-3000:]
     assert RunReader(run).meta()["status"] == "finished"
     for stream in ("metrics", "rollouts", "evals", "passk", "weights"):
@@ -468,3 +483,33 @@ def test_a_probe_that_raises_on_the_main_rank_of_two_is_disabled_everywhere_with
     meta = RunReader(run).meta()
     assert meta["status"] == "finished" and meta["world_size"] == 2
     assert meta["summary"]["probe_errors"]["explode"]["step"] == 2
+
+
+def _launch_ddp(runs, name, *extra):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                             str(RECIPES / "accelerate" / "ddp2.yaml"), "-m", "rlscope.train", "--config",
+                             str(RECIPES / "tiny_dapo.yaml"), "--runs_dir", str(runs), "--run_name", name,
+                             *KILL_ARGS, *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "RLSCOPE_DEBUG": ""}, start_new_session=True)
+
+
+def test_kill_9_of_a_two_process_run_and_resume_logs_what_an_uninterrupted_one_would(tmp_path, tiny_sft_path):
+    """DDP with two real processes (gloo): every process of the launch SIGKILLed inside step 6, resumed on two
+    processes from the latest checkpoint (each rank's own RNGs and buffered rollouts come back), equals an
+    uninterrupted two-process run in every stream."""
+    ref = _launch_ddp(tmp_path / "ref", "r")
+    assert ref.wait(timeout=600) == 0, ref.stderr.read().decode()[-3000:]
+    runs = tmp_path / "runs"
+    run = runs / "r"
+    _kill_during_step(_launch_ddp(runs, "r"), run, after_step=5, group=True)
+    assert sorted(p.name for p in (run / "checkpoints" / "checkpoint-4").glob("rlscope_state-rank*.json")) == \
+        ["rlscope_state-rank0.json", "rlscope_state-rank1.json"]
+    resumed = _launch_ddp(runs, "r", "--resume_from_checkpoint", "true")
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()[-3000:]
+    assert RunReader(run).meta()["world_size"] == 2
+    for stream in ("metrics", "rollouts", "evals", "passk", "weights"):
+        assert _comparable(run, stream) == _comparable(tmp_path / "ref" / "r", stream), stream

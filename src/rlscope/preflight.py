@@ -55,26 +55,46 @@ def _config(path: Path) -> dict:
         return {}
 
 
-def resume_target(resume, output_dir: str | Path) -> Path | None:
-    """The checkpoint directory a ``resume_from_checkpoint`` value names (``true``: the latest under
-    ``output_dir``), or None when the run does not resume."""
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
+           "adapter_model.safetensors")
+
+
+def checkpoint_missing(path: Path, world_size: int = 1) -> list[str]:
+    """What a checkpoint directory lacks to be resumed from: the trainer writes the weights, the optimizer, each
+    rank's RNG (and rlscope) state, and ``trainer_state.json`` last -- a run killed while saving leaves a directory
+    without some of them."""
+    missing = [] if (path / "trainer_state.json").is_file() else ["trainer_state.json"]
+    if not any((path / w).exists() for w in WEIGHTS):
+        missing.append("the model weights")
+    if any(path.glob("rlscope_state-rank*.json")):  # written by rlscope's trainer: one per rank
+        missing += [f"rlscope_state-rank{r}.json" for r in range(world_size)
+                    if not (path / f"rlscope_state-rank{r}.json").is_file()]
+    return missing
+
+
+def resume_target(resume, output_dir: str | Path, world_size: int = 1) -> Path | None:
+    """The checkpoint directory a ``resume_from_checkpoint`` value names (``true``: the latest complete one under
+    ``output_dir``; one cut short by a kill during its save is passed over), or None when the run does not
+    resume."""
     if resume in (None, False, "", "false", "False"):
         return None
     out = Path(output_dir)
     existing = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if
                       p.name.split("-")[-1].isdigit() else -1) if out.is_dir() else []
-    listing = (f"checkpoints of this run: {', '.join(str(p) for p in existing)}" if existing else
-               f"this run has none under {out} (set save_steps / save_strategy to write them)")
+    complete = [p for p in existing if not checkpoint_missing(p, world_size)]
+    listing = (f"complete checkpoints of this run: {', '.join(str(p) for p in complete)}" if complete else
+               f"this run has no complete one under {out} (set save_steps / save_strategy to write them)")
     if resume is True or str(resume).lower() == "true":
-        if not existing:
+        if not complete:
             raise UsageError(f"resume_from_checkpoint true: no checkpoint to resume from; {listing}")
-        return existing[-1]
+        return complete[-1]
     path = Path(resume)
     if not path.is_dir():
         raise UsageError(f"resume_from_checkpoint {resume}: no such checkpoint directory; {listing}")
-    if not (path / "trainer_state.json").is_file():
-        raise UsageError(f"resume_from_checkpoint {resume}: not a trainer checkpoint (no trainer_state.json); "
-                         f"{listing}")
+    missing = checkpoint_missing(path, world_size)
+    if missing:
+        raise UsageError(f"resume_from_checkpoint {resume}: an incomplete checkpoint (no {', '.join(missing)}: the "
+                         f"run was stopped while saving it, or it is not a trainer checkpoint); {listing}")
     return path
 
 

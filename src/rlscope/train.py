@@ -84,8 +84,9 @@ class RecipeRun:
         if not (is_tiny(name) or name == TINY_SFT):
             preflight.check_model(name)
         run_dir = Path(self.run_args.runs_dir) / (self.cfg.run_name or "run")
-        self.resume = preflight.resume_target(self.cfg.resume_from_checkpoint, run_dir / "checkpoints")
         state = PartialState()
+        self.resume = preflight.resume_target(self.cfg.resume_from_checkpoint, run_dir / "checkpoints",
+                                              state.num_processes)
         self.lock = preflight.agree(state, lambda: preflight.claim_run_dir(run_dir, self.resume,
                                                                              self.run_args.overwrite))
 
