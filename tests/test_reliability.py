@@ -225,7 +225,7 @@ def test_nan_logits_with_flag_only_show_the_damage_and_stop_mode_stops(tmp_path,
 
 
 def test_wandb_unreachable_online_falls_back_offline_and_the_api_key_is_nowhere(tmp_path, tiny_sft_path,
-                                                                                  monkeypatch):
+                                                                                  monkeypatch, capfd):
     """Credentials present, W&B's host unreachable: the run opens offline after the init timeout, trains to the
     end with a complete store, and its offline W&B files are there for ``wandb sync``. The API key appears in no
     file of the run (store, config copy, meta.json, W&B's own files, the report)."""
@@ -252,6 +252,28 @@ def test_wandb_unreachable_online_falls_back_offline_and_the_api_key_is_nowhere(
     assert (run / "analysis" / "report.html").exists()
     leaked = [str(p.relative_to(run)) for p in run.rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
     assert not leaked, f"the W&B API key is written in {leaked}"
+    printed = capfd.readouterr()
+    assert key not in printed.out and key not in printed.err  # nor in the run's console output
+
+
+def test_no_pickle_is_loaded_from_files_rlscope_did_not_write():
+    """Every torch.load in rlscope passes weights_only=True (tensors and plain containers, no code); nothing
+    imports pickle; checkpoints' own state (rlscope_state-rank*) is JSON and safetensors."""
+    import ast
+
+    from conftest import ROOT
+
+    for path in (ROOT / "src" / "rlscope").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                assert not any(n.split(".")[0] in ("pickle", "dill", "cloudpickle") for n in names), path
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load" \
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch":
+                kw = {k.arg: k.value for k in node.keywords}
+                assert isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True, \
+                    f"{path}:{node.lineno}: torch.load without weights_only=True"
 
 
 HOSTILE = "ok\x1b[2J\x1b]0;pwned\x07 \u202eevil [bold red]loud[/] \x9b31m"
