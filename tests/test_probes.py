@@ -170,6 +170,9 @@ def test_behavior_features_and_stats():
     assert out["length_correct"] == pytest.approx(5.0) and out["length_wrong"] == pytest.approx(2.5)
     assert out["clipped_share"] == 0.25 and out["empty_share"] == 0.25
     assert out["reflection_rate"] == 1.0 and out["reflection_share"] == 0.5
+    # a completion that is only its EOS (TRL's mask counts it) is empty too
+    eos_only = TokenBatch(mask=torch.tensor([[1, 0], [1, 1]]).bool(), has_eos=torch.tensor([True, True]))
+    assert behavior_stats(eos_only, {})["empty_share"] == 0.5
     assert out["repetition"] == pytest.approx(sum(feats["repetition"].tolist()) / 4)
     with pytest.raises(ValueError, match="texts"):
         row_features(texts[:2], ids, mask)

@@ -535,3 +535,42 @@ def test_kill_9_of_a_two_process_run_and_resume_logs_what_an_uninterrupted_one_w
     assert RunReader(run).meta()["world_size"] == 2
     for stream in ("metrics", "rollouts", "evals", "passk", "weights"):
         assert _comparable(run, stream) == _comparable(tmp_path / "ref" / "r", stream), stream
+
+
+def test_empty_completions_for_a_step_are_flagged_and_training_goes_on(tmp_path, tiny_sft_path):
+    """Fault injection: during the generation of step 3 the model puts all its weight on EOS, so every completion
+    is empty. The step's metrics say so (behavior/empty_share 1, completions of length 0, the rewards all equal so
+    dynamic sampling tops the batch up and flags it), no metric is NaN where a number is expected, and the run
+    trains on to the end."""
+    import math
+
+    import torch
+    from transformers import TrainerCallback
+
+    from rlscope.recipe import parse_recipe
+    from rlscope.train import run
+
+    class EmptyAt(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
+            eos = processing_class.eos_token_id
+
+            def hook(module, inputs, output):
+                if not torch.is_grad_enabled() and state.global_step + 1 == 3:  # generation of step 3
+                    output = output.clone()
+                    output[..., eos] = 1e4
+                return output
+
+            model.lm_head.register_forward_hook(hook)
+
+    argv = ["--config", str(RECIPES / "tiny_dapo.yaml"), "--runs_dir", str(tmp_path), "--run_name", "e",
+            "--max_steps", "4", "--eval_heldout", "false", "--max_generation_batches", "2", *QUIET]
+    s = run(*parse_recipe(argv), quiet=True, callbacks=(EmptyAt(),))
+    assert s["rl_steps"] == 4
+    metrics = {(r["step"], r["name"]): r["value"] for r in RunReader(tmp_path / "e").records("metrics")}
+    assert metrics[(3, "rlscope/behavior/empty_share")] == 1.0
+    assert metrics[(1, "rlscope/behavior/empty_share")] < 1.0
+    assert metrics[(3, "rlscope/dynamic_sampling/filled_share")] == 1.0  # all-equal rewards: no gradient, flagged
+    rows = [r for r in RunReader(tmp_path / "e").records("rollouts") if r["step"] == 3]
+    assert rows and all(r["completion"] == "" and r["advantage"] == 0.0 for r in rows)
+    for name in ("loss", "rlscope/entropy/mean", "rlscope/cov/mean"):
+        assert all(metrics.get((k, name)) is not None and math.isfinite(metrics[(k, name)]) for k in (1, 2, 4)), name

@@ -68,13 +68,15 @@ def _mean(x: torch.Tensor) -> float:
 def behavior_stats(batch: TokenBatch, state: dict) -> dict:
     """Completion behaviour: length (by correctness), clipping, empty completions, reflection words, repetition.
 
-    Outputs: ``length_mean``, ``length_correct`` / ``length_wrong``, ``clipped_share`` (no EOS), ``empty_share``,
+    Outputs: ``length_mean``, ``length_correct`` / ``length_wrong``, ``clipped_share`` (no EOS), ``empty_share`` (nothing before the EOS),
     ``reflection_rate`` (reflection words per completion), ``reflection_share`` (completions with at least one),
     ``repetition`` (mean n-gram repetition ratio), ``n_completions``. Missing inputs give NaN, never a crash."""
     n = batch.n_rows
     length = batch.length.to(torch.float64) if batch.length is not None else torch.empty(0)
+    # empty: nothing before the end -- no token at all, or only the EOS (TRL's completion mask counts the EOS)
+    content = length - batch.has_eos.to(torch.float64) if batch.has_eos is not None and n else length
     out = {"n_completions": float(n), "length_mean": _mean(length),
-           "empty_share": _mean((length == 0).to(torch.float64)) if n else math.nan}
+           "empty_share": _mean((content <= 0).to(torch.float64)) if n else math.nan}
     if batch.correct is not None and n:
         c = batch.correct.bool()
         out["length_correct"] = _mean(length[c])
