@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rlscope.common import pad_and_concat
-from rlscope.trainers.dapo import _named_reward, RewardFunctionError, group_keep_mask
+from rlscope.trainers.dapo import GuardedReward, RewardFunctionError, group_keep_mask
 
 
 def test_group_keep_mask_drops_all_equal_groups():
@@ -41,7 +41,18 @@ def test_reward_function_errors_name_the_function():
     def my_reward(completions, **kw):
         raise ZeroDivisionError("boom")
 
-    wrapped = _named_reward(my_reward)
+    wrapped = GuardedReward(my_reward)
     assert wrapped.__name__ == "my_reward"
     with pytest.raises(RewardFunctionError, match="reward function 'my_reward' raised ZeroDivisionError: boom"):
         wrapped(["x"])
+
+
+def test_guarded_reward_skip_scores_only_the_raising_samples_none():
+    def picky(completions, prompts, **kw):
+        if any(c == "bad" for c in completions):
+            raise ValueError("cannot parse bad")
+        return [float(len(c)) for c in completions]
+
+    wrapped = GuardedReward(picky, policy="skip")
+    out = wrapped(completions=["ab", "bad", "abcd", "bad"], prompts=["p0", "p1", "p2", "p3"], trainer_state=None)
+    assert out == [2.0, None, 4.0, None] and wrapped.skipped == [1, 3]
