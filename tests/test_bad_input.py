@@ -122,11 +122,15 @@ def test_the_readme_table_has_exactly_these_rows():
     assert sorted(r for r in rows if r not in ("input", "---")) == sorted([*CASES, "processes that do not form a group"])
 
 
-def test_debug_shows_the_traceback(tmp_path):
+def test_debug_shows_the_traceback(tmp_path, capsys):
+    import os
+
     from rlscope.registry import UnknownName
 
     with pytest.raises(UnknownName, match="unknown task 'chainsun'"):
         main([*_train(tmp_path, "--task", "chainsun"), "--debug"])
+    assert "RLSCOPE_DEBUG" not in os.environ  # debug was for that command only
+    assert main(_train(tmp_path, "--task", "chainsun")) == 2
 
 
 def test_a_launch_whose_processes_do_not_form_a_group_stops_with_the_fix(tmp_path):
@@ -142,7 +146,8 @@ def test_a_launch_whose_processes_do_not_form_a_group_stops_with_the_fix(tmp_pat
                          timeout=300, cwd=tmp_path)
     assert out.returncode != 0
     said = [line for line in out.stderr.splitlines() if line.startswith("rlscope: error: ")]
-    assert len(said) == 2, out.stderr[-3000:]  # one per process
+    # one per process that got to say it: when rank 0 exits first, the launcher may SIGTERM rank 1 before it prints
+    assert 1 <= len(said) <= 2, out.stderr[-3000:]
     assert all("2 processes were launched but they did not join one process group" in s and "use_cpu: true" in s
                for s in said)
     assert not (tmp_path / "runs").exists()  # nothing written

@@ -36,6 +36,7 @@ def run_command(fn: Callable[[list[str]], int | None], argv: list[str]) -> int:
     """Run ``fn(argv)``: a :class:`UsageError` becomes one line on stderr and exit status 2 (with ``--debug``, the
     traceback). Returns the exit status."""
     debug, argv = debug_requested(argv)
+    before = os.environ.get("RLSCOPE_DEBUG")
     if debug:
         os.environ["RLSCOPE_DEBUG"] = "1"  # child processes and accelerate-launched ranks see it too
     try:
@@ -45,3 +46,8 @@ def run_command(fn: Callable[[list[str]], int | None], argv: list[str]) -> int:
             raise
         print(f"rlscope: error: {exc}\n(--debug shows the traceback)", file=sys.stderr)
         return EXIT_USAGE
+    finally:  # only for this command: a later call in the same process (a notebook, a test) is not in debug mode
+        if before is None:
+            os.environ.pop("RLSCOPE_DEBUG", None)
+        else:
+            os.environ["RLSCOPE_DEBUG"] = before
