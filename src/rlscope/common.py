@@ -118,6 +118,17 @@ def derive_seed(seed: int, *stream) -> int:
 # -- rewards ---------------------------------------------------------------------------------------------------------
 
 
+def rng_state(rng) -> list:
+    """A ``random.Random``'s state as JSON-able lists (saved in checkpoints); :func:`set_rng_state` puts it back."""
+    version, internal, gauss = rng.getstate()
+    return [version, list(internal), gauss]
+
+
+def set_rng_state(rng, state: list) -> None:
+    version, internal, gauss = state
+    rng.setstate((version, tuple(internal), gauss))
+
+
 def is_correct(rewards: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     """A completion counts as correct when its (correctness) reward is >= ``threshold``; an unscored (NaN) one never."""
     return torch.nan_to_num(rewards.to(torch.float64), nan=-math.inf) >= threshold

@@ -118,7 +118,7 @@ def claim_run_dir(run_dir: Path, resume: Path | None, overwrite: bool):
 
     lock = RunLock(run_dir)
     lock.acquire()
-    earlier = [p.name for p in ("meta.json", "metrics.jsonl") for p in [run_dir / p] if p.exists()]
+    earlier = any((run_dir / name).exists() for name in ("meta.json", "metrics.jsonl"))
     if earlier and resume is None:
         if not overwrite:
             status = RunReader(run_dir, salvage=True).meta().get("status", "unknown")

@@ -34,6 +34,13 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _whole_record(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except (ValueError, UnicodeDecodeError):
+        return False
+
+
 def _corrupt(path: Path, line: int, text: bytes) -> "UsageError":
     from rlscope.errors import UsageError
 
@@ -88,11 +95,7 @@ def _read_table(path: Path, schema=None, salvage: bool = False, skipped: dict | 
     if not whole:  # a crash mid-write leaves a last line without its newline: read what precedes it (and the line
         data = path.read_bytes()  # itself when it is a whole record that lost only its newline)
         cut = data.rfind(b"\n") + 1
-        try:
-            keep = isinstance(json.loads(data[cut:]), dict)
-        except (ValueError, UnicodeDecodeError):
-            keep = False
-        source = io.BytesIO(data + b"\n" if keep else data[:cut])
+        source = io.BytesIO(data + b"\n" if _whole_record(data[cut:]) else data[:cut])
         if not source.getbuffer().nbytes:
             return empty
     options = paj.ParseOptions(explicit_schema=schema) if schema is not None else None
@@ -104,13 +107,6 @@ def _read_table(path: Path, schema=None, salvage: bool = False, skipped: dict | 
             rows = [{f.name: r.get(f.name) for f in schema} for r in rows]
             return pa.Table.from_pylist(rows, schema=schema) if rows else empty
         return pa.Table.from_pylist(rows)
-
-
-def _whole_record(line: bytes) -> bool:
-    try:
-        return isinstance(json.loads(line), dict)
-    except (ValueError, UnicodeDecodeError):
-        return False
 
 
 def _drop_torn_tail(path: Path) -> None:

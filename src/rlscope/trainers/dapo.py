@@ -27,7 +27,7 @@ from typing import Any, Callable
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
-from rlscope.common import derive_seed, pad_and_concat, text_tokenizer
+from rlscope.common import derive_seed, pad_and_concat, rng_state, set_rng_state, text_tokenizer
 
 # Tensors of TRL's rollout dict that dynamic sampling knows how to re-assemble, with their padding side and value
 # (``None`` = the tokenizer's pad id). Anything else in the dict (multimodal inputs) is refused with a clear error.
@@ -210,13 +210,11 @@ class DAPOTrainer(GRPOTrainer):
         """This rank's own state, saved in every checkpoint (JSON): the dynamic-sampling refill RNG, the Clip-Cov
         generator and TRL's micro-step counter; subclasses add theirs (the interleaving trainer: its schedule and
         decisions). TRL's buffered rollouts go beside it (:meth:`_save_rng_state`)."""
-        version, internal, gauss = self._refill_rng.getstate()
-        return {"refill_rng": [version, list(internal), gauss], "cov_gen": self._cov_gen.get_state().tolist(),
+        return {"refill_rng": rng_state(self._refill_rng), "cov_gen": self._cov_gen.get_state().tolist(),
                 "trl_step": self._step}
 
     def load_rlscope_state(self, state: dict) -> None:
-        version, internal, gauss = state["refill_rng"]
-        self._refill_rng.setstate((version, tuple(internal), gauss))
+        set_rng_state(self._refill_rng, state["refill_rng"])
         self._cov_gen.set_state(torch.tensor(state["cov_gen"], dtype=torch.uint8))
         self._step = int(state["trl_step"])
 

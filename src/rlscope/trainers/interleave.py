@@ -23,7 +23,7 @@ from collections import deque
 
 import torch
 
-from rlscope.common import derive_seed, is_correct, model_is_partitioned
+from rlscope.common import derive_seed, is_correct, model_is_partitioned, rng_state, set_rng_state
 from rlscope.trainers.dapo import DAPOTrainer
 from rlscope.trainers.mixed_losses import chord_phi_nll, demo_batch, demo_token_logps, hpt_loss, sft_nll
 from rlscope.trainers.schedules import Decision, Schedule, Signals
@@ -64,10 +64,8 @@ class InterleavedTrainer(DAPOTrainer):
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
     def rlscope_state(self) -> dict:
-        version, internal, gauss = self._sft_rng.getstate()
         return {**super().rlscope_state(), "schedule": self.schedule.state_dict(), "decisions": self.decisions,
-                "accuracy_window": list(self._acc), "pass_rate": self._pass_rate,
-                "sft_rng": [version, list(internal), gauss]}
+                "accuracy_window": list(self._acc), "pass_rate": self._pass_rate, "sft_rng": rng_state(self._sft_rng)}
 
     def load_rlscope_state(self, state: dict) -> None:
         super().load_rlscope_state(state)
@@ -75,8 +73,7 @@ class InterleavedTrainer(DAPOTrainer):
         self.decisions = [tuple(d) for d in state["decisions"]]
         self._acc = deque(state["accuracy_window"], maxlen=self._acc.maxlen)
         self._pass_rate = dict(state["pass_rate"])
-        version, internal, gauss = state["sft_rng"]
-        self._sft_rng.setstate((version, tuple(internal), gauss))
+        set_rng_state(self._sft_rng, state["sft_rng"])
 
     # -- signals -------------------------------------------------------------------------------------------------
     def _on_generation_batch(self, inputs, rewards_per_func) -> None:
