@@ -17,8 +17,9 @@ def test_ddp_two_processes_record_world_size_two(tmp_path, tiny_sft_path):
     assert r.series("loss")[0] == [1, 2]
     ranks = {x["rank"] for x in r.rollouts().to_pylist()}
     assert ranks == {0, 1}, "rollouts of both ranks are gathered into the store"
-    # the logged token statistics are those of both ranks' tokens together: recomputed in one process from the
-    # per-rank tensors each rank dumped, they agree with what the two-process run logged
+    # the logged token statistics are those of both ranks' tokens together: each rank ran the probes on its own
+    # tokens and combined them by exact reductions; recomputed in one process from the per-rank tensors each rank
+    # dumped (the gather path), they agree with what the two-process run logged
     from rlscope.analysis.token_dynamics import dumped_steps, recompute
 
     assert all(len(files) == 2 for files in dumped_steps(tmp_path / "ddp" / "tokens").values())
@@ -28,7 +29,10 @@ def test_ddp_two_processes_record_world_size_two(tmp_path, tiny_sft_path):
         steps, values = r.series(name)
         assert steps == [1, 2]
         for step, v in zip(steps, values):
-            assert v == pytest.approx(offline[step][name], rel=1e-9, abs=1e-12), name
+            if name.endswith("p90"):  # an order statistic: the exact reduction finds the very value
+                assert v == offline[step][name], name
+            else:
+                assert v == pytest.approx(offline[step][name], rel=1e-9, abs=1e-12), name
     assert r.series("rlscope/weights/angle_left_mean")[0] == [1, 2]  # computed once (main process), no deadlock
     n_tok = r.series("rlscope/entropy/n_tokens")[1]
     assert all(n == pytest.approx(offline[s]["rlscope/entropy/n_tokens"]) for s, n in zip([1, 2], n_tok))

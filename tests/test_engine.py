@@ -174,8 +174,9 @@ def test_publisher_splits_a_result_into_metrics_records_and_media(tmp_path):
 
 
 def test_text_is_decoded_and_fields_gathered_only_for_due_probes(tmp_path, tiny_sft_path, monkeypatch):
-    """With only entropy and cov enabled, no completion is decoded (behaviour features read text) and only their
-    inputs travel; with behavior due, the text features are computed."""
+    """With only entropy and cov enabled, no completion is decoded (behaviour features read text); they run per rank
+    (exact reductions), so no token is gathered -- with ``reduce: gather`` only their inputs travel; with behavior
+    due, the text features are computed."""
     from helpers import run_recipe
     from rlscope.callbacks.sources import tokens
     from rlscope.store import RunReader
@@ -190,6 +191,11 @@ def test_text_is_decoded_and_fields_gathered_only_for_due_probes(tmp_path, tiny_
     names = RunReader(s["run_dir"]).metric_names()
     assert "rlscope/entropy/mean" in names and "rlscope/cov/mean" in names
     assert not [n for n in names if n.startswith("rlscope/behavior/")]
+    assert decoded == [] and gathered == []
+    engine = RunReader(s["run_dir"]).series("rlscope/engine/tokens_comm_bytes")
+    assert engine[0] == [1, 2] and engine[1] == [0.0, 0.0]  # one process: nothing to combine
+    run_recipe(tmp_path, "tiny_dapo.yaml", "--max_steps", "2", "--run_name", "gather", "--eval_heldout", "false",
+               "--probes", "entropy", "cov", "--probe_options", '{"tokens": {"reduce": "gather"}}')
     assert decoded == [] and gathered == [{"mask", "entropies", "correct", "logps", "advantages"}] * 2
     decoded.clear()
     run_recipe(tmp_path, "tiny_dapo.yaml", "--max_steps", "2", "--run_name", "full", "--eval_heldout", "false",

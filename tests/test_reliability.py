@@ -475,11 +475,13 @@ def test_a_full_disk_under_the_store_stops_the_run_with_what_to_do_and_the_check
     assert len(keys) == len(set(keys)) and sorted({k[0] for k in keys}) == [1, 2, 3, 4, 5, 6]
 
 
-def test_a_probe_that_raises_on_the_main_rank_of_two_is_disabled_everywhere_without_a_hang(tmp_path, tiny_sft_path):
-    """Two real processes (DDP, gloo). The probe -- the only one on the tokens source, so its collection is the
-    source's collective -- raises on rank 0 (where probe functions run) at step 2: the run does not hang (rank 1
-    learns at the next step that the probe is off and stops collecting for it with rank 0), warns, flags
-    ``rlscope/explode/failed`` at step 2, and trains to the end."""
+@pytest.mark.parametrize("probe", ["explode", "explode_on_rank1"])
+def test_a_probe_that_raises_on_one_rank_of_two_is_disabled_everywhere_without_a_hang(tmp_path, tiny_sft_path, probe):
+    """Two real processes (DDP, gloo), at step 2. ``explode`` runs on the main process (the tokens gathered there)
+    and raises there: rank 1 learns at the next step that the probe is off and stops collecting for it.
+    ``explode_on_rank1`` runs per rank (exact reductions) and raises on rank 1 between two collectives: rank 0 learns
+    it from the next collective's header instead of waiting in it. Either way: no hang, a warning naming the probe,
+    ``rlscope/<probe>/failed`` at step 2, the per-rank entropy probe beside it goes on, training runs to the end."""
     import os
     import subprocess
     import sys
@@ -491,20 +493,21 @@ def test_a_probe_that_raises_on_the_main_rank_of_two_is_disabled_everywhere_with
     out = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                           str(RECIPES / "accelerate" / "ddp2.yaml"), str(ROOT / "tests" / "fault_probe.py"),
                           "--config", str(RECIPES / "tiny_dapo.yaml"), "--runs_dir", str(tmp_path / "runs"),
-                          "--run_name", "p", "--max_steps", "4", "--probes", "explode", *QUIET,
+                          "--run_name", "p", "--max_steps", "4", "--probes", probe, "entropy", *QUIET,
                           "--eval_heldout", "false"], capture_output=True, text=True, env=env, timeout=420,
                          cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-4000:]
-    assert "probe 'explode' raised at step 2 (ZeroDivisionError: planted fault in probe explode); it is disabled on " \
-           "all ranks" in out.stderr
+    assert f"probe '{probe}' raised at step 2 (ZeroDivisionError: planted fault in probe {probe}); it is disabled " \
+           "on all ranks" in out.stderr
     run = tmp_path / "runs" / "p"
     metrics = {(r["step"], r["name"]): r["value"] for r in RunReader(run).records("metrics")}
-    assert metrics[(1, "rlscope/explode/calls")] == 1.0 and metrics[(2, "rlscope/explode/failed")] == 1.0
-    assert not [k for k in metrics if k[1] == "rlscope/explode/calls" and k[0] > 2]
-    assert all((s, "loss") in metrics for s in (1, 2, 3, 4))
+    first = "calls" if probe == "explode" else "n_tokens"
+    assert (1, f"rlscope/{probe}/{first}") in metrics and metrics[(2, f"rlscope/{probe}/failed")] == 1.0
+    assert not [k for k in metrics if k[1] == f"rlscope/{probe}/{first}" and k[0] > 1]
+    assert all((s, "loss") in metrics and (s, "rlscope/entropy/mean") in metrics for s in (1, 2, 3, 4))
     meta = RunReader(run).meta()
     assert meta["status"] == "finished" and meta["world_size"] == 2
-    assert meta["summary"]["probe_errors"]["explode"]["step"] == 2
+    assert meta["summary"]["probe_errors"][probe]["step"] == 2
 
 
 def _launch_ddp(runs, name, *extra):

@@ -213,6 +213,8 @@ def cmd_bench(ns) -> int:
         result = bench.bench_weights(n=ns.svd_n, layers=ns.layers)
     elif ns.what == "analyze":
         result = bench.bench_analyze(steps=ns.steps or 20000, metrics=ns.metrics)
+    elif ns.what == "gather":
+        result = bench.bench_gather(tokens=ns.tokens, worlds=tuple(ns.worlds))
     elif ns.what == "overhead":
         result = bench.bench_overhead(steps=ns.steps or 10, warmup=ns.warmup, repeats=ns.repeats, recipe=ns.recipe)
     else:  # argparse restricts the choices
@@ -302,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_probes)
 
     b = sub.add_parser("bench", help="benchmarks; the last output line is JSON")
-    b.add_argument("what", choices=["step", "overhead", "passk", "weights", "schedules", "analyze"])
+    b.add_argument("what", choices=["step", "overhead", "gather", "passk", "weights", "schedules", "analyze"])
     b.add_argument("--json", action="store_true", help="print only the JSON line")
     b.add_argument("--steps", type=int, default=None, help="optimizer steps (step: 20, overhead: 10, schedules: 40; "
                                                              "analyze: the synthetic run's length, 20000)")
@@ -314,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("-n", type=int, default=16, help="passk: samples per prompt")
     b.add_argument("--svd-n", type=int, default=4096, help="weights: size of the square matrix for (a)")
     b.add_argument("--layers", type=int, default=28, help="weights: layers of the Qwen2.5-1.5B-shaped model for (b)")
+    b.add_argument("--tokens", type=int, default=1_000_000, help="gather: valid tokens per rank")
+    b.add_argument("--worlds", type=int, nargs="+", default=[8, 64], help="gather: simulated world sizes")
     b.set_defaults(func=cmd_bench)
     return p
 

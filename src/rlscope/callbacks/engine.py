@@ -14,7 +14,9 @@ What it owns, once for all probes (the way cockpit's quantities work: track -> s
   result of each probe);
 * **end of run** -- probes with ``at_end`` run once more after the last step (unless they just ran).
 
-Probe functions run on the main process only. ``rlscope.attach(trainer, ...)`` is the usual way in; an
+Probe functions run on the main process, except those declared ``per_rank`` (the token probes), which run on every
+rank with its share of the step and combine the shares exactly (:mod:`rlscope.probes.reduce`); only the main
+process publishes. ``rlscope.attach(trainer, ...)`` is the usual way in; an
 ``Observatory`` can also be made directly, bound (``obs.bind(trainer)``) and added as a callback.
 """
 
@@ -31,9 +33,10 @@ from transformers import TrainerCallback
 
 from rlscope.cadence import Cadence
 from rlscope.callbacks.publish import LOG_STEP_KEY, Publisher, StepAxis
-from rlscope.callbacks.sources import SOURCES, Context, Source
+from rlscope.callbacks.sources import SOURCES, Context, RankViews, Source
 from rlscope.common import reports_to_wandb
 from rlscope.probes import PROBES, Probe
+from rlscope.probes.reduce import PeerFailed
 from rlscope.registry import UnknownName
 
 DEFAULT_PROBES = ("entropy", "cov", "behavior")
@@ -283,15 +286,18 @@ class Observatory(TrainerCallback):
             view = source.collect(ctx, [r.probe for r in due])
             for r in due:
                 r.last_step = ctx.trainer_step
-            if view is None or not ctx.is_main:
+            if view is None:
                 continue
-            engine[f"{name}_seconds"] = time.perf_counter() - t1
+            comm = view.local.comm if isinstance(view, RankViews) and view.local is not None else None
+            sent = comm.bytes if comm is not None else 0
             for r in due:
+                per_rank = isinstance(view, RankViews) and r.probe.per_rank
+                v = view.for_probe(r.probe) if isinstance(view, RankViews) else view
+                if v is None or not (ctx.is_main or per_rank):
+                    continue
                 t2 = time.perf_counter()
-                try:
-                    result = dict(r.probe.fn(view, self.state[r.probe.name], **r.options))
-                except Exception as exc:  # noqa: BLE001 -- one probe's bug must not end a training run
-                    self._disable(r.probe.name, ctx, exc)
+                result = self._call(r, v, ctx, per_rank)
+                if result is None or not ctx.is_main:
                     continue
                 result["seconds"] = time.perf_counter() - t2
                 scalars = self.publisher.probe_result(ctx.step, r.probe.name, result, ctx.trainer_step)
@@ -300,20 +306,44 @@ class Observatory(TrainerCallback):
                     save_state(self.run_dir, r.probe, self.state[r.probe.name], ctx.step)
                 self.last.update(scalars)
                 self.latest[r.probe.name] = (ctx.step, result)
+            if ctx.is_main:
+                engine[f"{name}_seconds"] = time.perf_counter() - t1
+                if comm is not None:
+                    engine[f"{name}_comm_bytes"] = float(comm.bytes - sent)
         if engine:
             engine["seconds"] = time.perf_counter() - t0
             self.last.update(self.publisher.probe_result(ctx.step, "engine", engine, ctx.trainer_step))
 
-    def _disable(self, name: str, ctx: Context, exc: Exception) -> None:
-        """A probe raised (main process): it is off from now on, on every rank (:meth:`_agree_on_failures` at the
-        next step), with a warning, ``rlscope/<probe>/failed`` = 1 at this step and the error in ``failed``."""
+    def _call(self, r: ProbeRun, view, ctx: Context, per_rank: bool) -> dict | None:
+        """One probe on ``view``; None when it failed (then disabled). A per-rank probe ends with
+        ``comm.finish`` on every rank, so a raise on one rank ends it on all (none waits in a collective)."""
+        try:
+            result = dict(r.probe.fn(view, self.state[r.probe.name], **r.options))
+            if per_rank and not view.comm.finish(ok=True):
+                raise PeerFailed("it raised on another rank")
+            return result
+        except PeerFailed as exc:  # the rank that raised has warned with its traceback
+            self._disable(r.probe.name, ctx, exc, quiet=True)
+        except Exception as exc:  # noqa: BLE001 -- one probe's bug must not end a training run
+            if per_rank:
+                view.comm.finish(ok=False)
+            self._disable(r.probe.name, ctx, exc)
+        return None
+
+    def _disable(self, name: str, ctx: Context, exc: Exception, quiet: bool = False) -> None:
+        """A probe raised (on the main process, or on any rank for a per-rank probe): it is off from now on, on every
+        rank (:meth:`_agree_on_failures` at the next step), with a warning, ``rlscope/<probe>/failed`` = 1 at this
+        step and the error in ``failed``."""
         import traceback
 
         error = f"{type(exc).__name__}: {exc}"
-        self.failed[name] = {"step": ctx.step, "error": error}
-        warnings.warn(f"rlscope: probe {name!r} raised at step {ctx.step} ({error}); it is disabled on all ranks for "
-                      f"the rest of the run, training goes on\n{traceback.format_exc()}", stacklevel=2)
-        self.last.update(self.publisher.probe_result(ctx.step, name, {"failed": 1.0}, ctx.trainer_step))
+        if ctx.is_main or name not in self.failed:
+            self.failed[name] = {"step": ctx.step, "error": error}
+        if not quiet:
+            warnings.warn(f"rlscope: probe {name!r} raised at step {ctx.step} ({error}); it is disabled on all ranks "
+                          f"for the rest of the run, training goes on\n{traceback.format_exc()}", stacklevel=2)
+        if ctx.is_main:
+            self.last.update(self.publisher.probe_result(ctx.step, name, {"failed": 1.0}, ctx.trainer_step))
 
     def _restore(self, state) -> None:
         if not state.is_world_process_zero or self.writer is None:

@@ -18,6 +18,10 @@ A probe is one file in this package that registers itself::
   ``kind/<kind>/norm``). ``extras`` -- its non-scalar outputs (W&B media, store records).
 * ``cost`` -- ``cheap`` (fine every step), ``medium``, ``heavy`` (the engine warns when a heavy probe runs every step).
 * ``cadence`` -- the default :class:`~rlscope.cadence.Cadence`; users override it per probe.
+* ``per_rank`` -- the probe runs on every rank with that rank's share of the view and combines the shares exactly
+  through ``view.comm`` (:mod:`rlscope.probes.reduce`: sums, counts, selection -- nothing that grows with the tokens).
+  Otherwise it runs on the main process on the whole view (for the tokens source: every rank's tokens gathered there).
+  Either way it must give the statistics of the whole step; offline, a view holding everything has a ``LocalComm``.
 * ``restore`` -- optional ``restore(reader, state)``: rebuild the probe's remembered state from a run store when a
   run is resumed (e.g. the pass@k base curve).
 * ``persist`` -- keys of ``state`` holding tensors (``{key: {name: tensor or tuple}}``) that a resumed run needs
@@ -58,6 +62,7 @@ class Probe:
     restore: Callable | None = None
     doc: str = ""
     persist: tuple[str, ...] = ()
+    per_rank: bool = False
 
     @property
     def options(self) -> dict[str, object]:
@@ -71,6 +76,7 @@ class Probe:
     def describe(self) -> dict:
         """A JSON-ready description (``rlscope probes --json``)."""
         return {"name": self.name, "source": self.source, "inputs": list(self.inputs), "cost": self.cost,
+                "per_rank": self.per_rank,
                 "cadence": str(self.cadence), "options": {k: _jsonable(v) for k, v in self.options.items()},
                 "metrics": self.metric_names(), "extras": [f"rlscope/{self.name}/{e}" for e in self.extras],
                 "doc": self.doc}
@@ -85,7 +91,7 @@ PROBES: Registry[Probe] = Registry("probe", package="rlscope.probes")
 
 def register(name: str, *, source: str, inputs: tuple[str, ...], outputs: tuple[str, ...],
              extras: tuple[str, ...] = (), cost: str = "cheap", cadence: Cadence = Cadence(every=1),
-             restore: Callable | None = None, persist: tuple[str, ...] = ()):
+             restore: Callable | None = None, persist: tuple[str, ...] = (), per_rank: bool = False):
     """Decorator: declare ``fn`` as the probe ``name`` (see the module docstring)."""
     if source not in SOURCES:
         raise ValueError(f"probe {name!r}: source must be one of {SOURCES}, got {source!r}")
@@ -95,7 +101,7 @@ def register(name: str, *, source: str, inputs: tuple[str, ...], outputs: tuple[
     def deco(fn):
         doc = (fn.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
         PROBES.register(name, Probe(name, fn, source, tuple(inputs), tuple(outputs), tuple(extras), cost, cadence,
-                                    restore, " ".join(doc.split()), tuple(persist)))
+                                    restore, " ".join(doc.split()), tuple(persist), bool(per_rank)))
         return fn
 
     return deco

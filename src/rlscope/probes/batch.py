@@ -1,22 +1,26 @@
 """The per-token view of one optimizer step that the token probes read: :class:`TokenBatch`.
 
-Rows are completions, columns completion tokens (right-padded). ``mask`` marks valid tokens. Batches from several
-micro-batches or ranks are joined with :func:`concat`, which pads the token axis; a probe run on the joined batch is
-the probe of the whole step.
+Rows are completions, columns completion tokens (right-padded). ``mask`` marks valid tokens. ``comm``
+(:mod:`rlscope.probes.reduce`) says which ranks' batches make up the step: live, each rank holds its own share and a
+``per_rank`` probe combines the shares through it; a batch holding every rank's tokens (one process, the gather path,
+offline recomputation from dumps joined with :func:`concat`, which pads the token axis) has a
+:class:`~rlscope.probes.reduce.LocalComm`. Either way the probe computes the statistics of the whole step.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 
 import torch
 
 from rlscope.common import pad_and_concat
+from rlscope.probes.reduce import Comm, LocalComm
 
 # Per-row fields (shape (N,)) and per-token fields (shape (N, T)); everything else is metadata.
 ROW_FIELDS = ("advantages", "rewards", "correct", "has_eos", "reflections", "repetition", "length")
 TOKEN_FIELDS = ("logps", "entropies", "mask", "completion_ids")
+DATA_FIELDS = TOKEN_FIELDS + ROW_FIELDS
 # Per-row features computed from the decoded completion text (on the rank where the text is, before any gather):
 # the token source decodes only when a due probe reads one of them.
 TEXT_FIELDS = ("reflections", "repetition")
@@ -43,6 +47,7 @@ class TokenBatch:
     reflections: torch.Tensor | None = None
     repetition: torch.Tensor | None = None
     length: torch.Tensor | None = None
+    comm: Comm = field(default_factory=LocalComm, repr=False, compare=False)
 
     def __post_init__(self):
         if self.mask is not None:
@@ -57,8 +62,8 @@ class TokenBatch:
 
     @property
     def n_rows(self) -> int:
-        for f in fields(self):
-            v = getattr(self, f.name)
+        for name in DATA_FIELDS:
+            v = getattr(self, name)
             if v is not None:
                 return v.shape[0]
         return 0
@@ -74,12 +79,17 @@ def concat(batches: list[TokenBatch]) -> TokenBatch:
     if not batches:
         return TokenBatch()
     out = {}
-    for f in fields(TokenBatch):
-        vals = [getattr(b, f.name) for b in batches]
+    for name in DATA_FIELDS:
+        vals = [getattr(b, name) for b in batches]
         if any(v is None for v in vals):
             continue
-        out[f.name] = pad_and_concat(vals, "right", _PAD[f.name]) if f.name in TOKEN_FIELDS else torch.cat(vals)
+        out[name] = pad_and_concat(vals, "right", _PAD[name]) if name in TOKEN_FIELDS else torch.cat(vals)
     return TokenBatch(**out)
+
+
+def data_of(batch: TokenBatch) -> dict[str, torch.Tensor]:
+    """The batch's tensors by field name (no ``comm``)."""
+    return {name: getattr(batch, name) for name in DATA_FIELDS if getattr(batch, name) is not None}
 
 
 def valid_finite(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -109,7 +119,7 @@ def save_batch(batch: TokenBatch, directory, step: int, rank: int) -> None:
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    data = {f.name: getattr(batch, f.name).detach().cpu() for f in fields(batch) if getattr(batch, f.name) is not None}
+    data = {name: t.detach().cpu() for name, t in data_of(batch).items()}
     tmp = d / f".step{step:06d}-rank{rank}.pt.tmp"
     torch.save(data, tmp)
     tmp.replace(d / f"step{step:06d}-rank{rank}.pt")

@@ -19,6 +19,7 @@ import torch
 from rlscope.cadence import Cadence
 from rlscope.probes import register
 from rlscope.probes.batch import TokenBatch
+from rlscope.probes.reduce import sums
 
 REFLECTION_WORDS = ("wait", "recheck", "rethink", "try again", "alternatively", "retry", "however")
 
@@ -57,37 +58,40 @@ def row_features(texts: list[str], completion_ids: torch.Tensor, mask: torch.Ten
             "repetition": torch.tensor([repetition_ratio(i, ngram) for i in ids], dtype=torch.float64)}
 
 
-def _mean(x: torch.Tensor) -> float:
-    return float(x.to(torch.float64).mean()) if x.numel() else math.nan
-
-
 @register("behavior", source="tokens", inputs=("length", "has_eos", "correct", "reflections", "repetition"),
           outputs=("n_completions", "length_mean", "empty_share", "length_correct", "length_wrong", "clipped_share",
                    "reflection_rate", "reflection_share", "repetition"),
-          cost="cheap", cadence=Cadence(every=1))
+          cost="cheap", cadence=Cadence(every=1), per_rank=True)
 def behavior_stats(batch: TokenBatch, state: dict) -> dict:
     """Completion behaviour: length (by correctness), clipping, empty completions, reflection words, repetition.
 
     Outputs: ``length_mean``, ``length_correct`` / ``length_wrong``, ``clipped_share`` (no EOS), ``empty_share`` (nothing before the EOS),
     ``reflection_rate`` (reflection words per completion), ``reflection_share`` (completions with at least one),
-    ``repetition`` (mean n-gram repetition ratio), ``n_completions``. Missing inputs give NaN, never a crash."""
+    ``repetition`` (mean n-gram repetition ratio), ``n_completions``. Missing inputs give NaN, never a crash.
+    Per rank: one collective of sums and counts."""
     n = batch.n_rows
-    length = batch.length.to(torch.float64) if batch.length is not None else torch.empty(0)
+    length = batch.length.to(torch.float64) if batch.length is not None else torch.zeros(n, dtype=torch.float64)
+    eos = batch.has_eos.bool() if batch.has_eos is not None else None
     # empty: nothing before the end -- no token at all, or only the EOS (TRL's completion mask counts the EOS)
-    content = length - batch.has_eos.to(torch.float64) if batch.has_eos is not None and n else length
-    out = {"n_completions": float(n), "length_mean": _mean(length),
-           "empty_share": _mean((content <= 0).to(torch.float64)) if n else math.nan}
-    if batch.correct is not None and n:
-        c = batch.correct.bool()
-        out["length_correct"] = _mean(length[c])
-        out["length_wrong"] = _mean(length[~c])
-    else:
-        out["length_correct"] = out["length_wrong"] = math.nan
-    out["clipped_share"] = _mean((~batch.has_eos.bool()).to(torch.float64)) if batch.has_eos is not None else math.nan
-    if batch.reflections is not None:
-        out["reflection_rate"] = _mean(batch.reflections)
-        out["reflection_share"] = _mean((batch.reflections > 0).to(torch.float64))
-    else:
-        out["reflection_rate"] = out["reflection_share"] = math.nan
-    out["repetition"] = _mean(batch.repetition) if batch.repetition is not None else math.nan
-    return out
+    content = length - eos.to(torch.float64) if eos is not None else length
+    c = batch.correct.bool() if batch.correct is not None else None
+    refl, rep = batch.reflections, batch.repetition
+    local = [n, float(length.sum()), float((content <= 0).sum()),
+             float(length[c].sum()) if c is not None else 0.0, float(c.sum()) if c is not None else 0.0,
+             float(length[~c].sum()) if c is not None else 0.0, float((~c).sum()) if c is not None else 0.0,
+             float((~eos).sum()) if eos is not None else 0.0,
+             float(refl.to(torch.float64).sum()) if refl is not None else 0.0,
+             float((refl > 0).sum()) if refl is not None else 0.0,
+             float(rep.to(torch.float64).sum()) if rep is not None else 0.0]
+    total, s_len, n_empty, s_len_c, n_c, s_len_w, n_w, n_clip, s_refl, n_refl, s_rep = sums(batch.comm, local)
+
+    def ratio(a: float, b: float, have=True) -> float:
+        return a / b if have and b else math.nan
+
+    return {"n_completions": total, "length_mean": ratio(s_len, total, batch.length is not None),
+            "empty_share": ratio(n_empty, total, batch.length is not None),
+            "length_correct": ratio(s_len_c, n_c, c is not None), "length_wrong": ratio(s_len_w, n_w, c is not None),
+            "clipped_share": ratio(n_clip, total, eos is not None),
+            "reflection_rate": ratio(s_refl, total, refl is not None),
+            "reflection_share": ratio(n_refl, total, refl is not None),
+            "repetition": ratio(s_rep, total, rep is not None)}

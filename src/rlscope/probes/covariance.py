@@ -22,6 +22,7 @@ import torch
 from rlscope.cadence import Cadence
 from rlscope.probes import register
 from rlscope.probes.batch import TokenBatch
+from rlscope.probes.reduce import extrema, order_statistics, sums, top_sum
 
 
 def token_products(logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -69,7 +70,7 @@ def random_subset(candidates: torch.Tensor, count: int, generator: torch.Generat
 
 @register("cov", source="tokens", inputs=("logps", "advantages", "mask"),
           outputs=("mean", "top_mean", "band_share", "corr", "logp_mean", "n_tokens", "nan_share", "zero_adv_var"),
-          cost="cheap", cadence=Cadence(every=1))
+          cost="cheap", cadence=Cadence(every=1), per_rank=True)
 def covariance_stats(batch: TokenBatch, state: dict, top_ratio: float = 0.002, band: tuple[float, float] = (1.0, 5.0)
                      ) -> dict:
     """Cov(logp, A) over all valid tokens: ``mean`` (the covariance), ``top_mean`` (mean of the top 0.2% cov_t),
@@ -77,33 +78,43 @@ def covariance_stats(batch: TokenBatch, state: dict, top_ratio: float = 0.002, b
 
     Flags instead of crashes: ``zero_adv_var`` = 1 when all advantages are equal (then ``mean`` = 0 exactly and
     ``corr`` NaN); ``nan_share`` = share of valid tokens whose log-prob or advantage was NaN/inf (left out).
+
+    Per rank, in two passes (:mod:`rlscope.probes.reduce`): the token-weighted means and the advantages' range, then
+    cov_t against those means -- its sum, band count, centred sums of squares -- and the top 0.2% by exact selection.
     """
+    comm = batch.comm
     mask = batch.mask.bool()
     adv = batch.row_broadcast(batch.advantages.to(torch.float64))
     lp = batch.logps.to(torch.float64)
-    n_valid = int(mask.sum())
+    n_valid_local = int(mask.sum())
     finite = torch.isfinite(lp) & torch.isfinite(adv)
-    nan_share = float((mask & ~finite).sum()) / n_valid if n_valid else 0.0
     mask = mask & finite
-    n = int(mask.sum())
-    out = {"n_tokens": float(n), "nan_share": nan_share, "zero_adv_var": 0.0}
+    lp_v, adv_v = lp[mask], adv[mask]
+    empty = lp_v.numel() == 0
+    n_valid, n, sum_lp, sum_adv = sums(comm, [n_valid_local, lp_v.numel(), float(lp_v.sum()), float(adv_v.sum())])
+    (a_lo,), (a_hi,) = extrema(comm, [math.inf if empty else float(adv_v.min())],
+                               [-math.inf if empty else float(adv_v.max())])
+    n = int(n)
+    out = {"n_tokens": float(n), "nan_share": (n_valid - n) / n_valid if n_valid else 0.0, "zero_adv_var": 0.0}
     if n == 0:
         out.update({k: math.nan for k in ("mean", "top_mean", "band_share", "corr", "logp_mean")})
         return out
-    lp = torch.where(mask, lp, torch.zeros_like(lp))
-    adv = torch.where(mask, adv, torch.zeros_like(adv))
-    prod = token_products(lp, adv, mask)
-    a_valid = adv[mask]
-    out["logp_mean"] = float(lp[mask].mean())
-    if float(a_valid.max() - a_valid.min()) == 0.0:
+    m_lp, m_adv = sum_lp / n, sum_adv / n
+    out["logp_mean"] = m_lp
+    if a_hi - a_lo == 0.0:
         out.update({"mean": 0.0, "top_mean": 0.0, "band_share": 0.0, "corr": math.nan, "zero_adv_var": 1.0})
         return out
-    p = prod[mask]
-    out["mean"] = float(p.mean())
+    da, dl = adv_v - m_adv, lp_v - m_lp
+    p = da * dl  # cov_t of this rank's valid tokens (token_products with the step's means)
+    lb, ub = band
+    sum_p, in_band, ss_a, ss_l = sums(comm, [float(p.sum()), float(((p > lb) & (p < ub)).sum()),
+                                             float((da * da).sum()), float((dl * dl).sum())])
+    out["mean"] = sum_p / n
     k = max(1, int(n * top_ratio))
-    out["top_mean"] = float(torch.topk(p, k).values.mean())
-    out["band_share"] = float(band_mask(prod, mask, *band).sum()) / n
-    sd_a = float(a_valid.std(unbiased=False))
-    sd_l = float(lp[mask].std(unbiased=False))
+    (kth,) = order_statistics(comm, p, [n - k], n)
+    top, _ = top_sum(comm, p, k, kth)
+    out["top_mean"] = top / k
+    out["band_share"] = in_band / n
+    sd_a, sd_l = math.sqrt(ss_a / n), math.sqrt(ss_l / n)
     out["corr"] = out["mean"] / (sd_a * sd_l) if sd_a > 0 and sd_l > 0 else math.nan
     return out

@@ -8,7 +8,9 @@ probe reads). The engine (:mod:`rlscope.callbacks.engine`) calls, on every rank:
 * ``prepare(ctx, probes)`` -- before an optimizer step at which some of its probes (or its own extra work, see
   ``wants``) are due: arm what records during the step;
 * ``collect(ctx, probes) -> view | None`` -- when probes are due: a collective on every rank; the view on the main
-  process (None elsewhere), or None everywhere when there is nothing to probe.
+  process (None elsewhere), or None everywhere when there is nothing to probe. A source whose probes may run on every
+  rank (declared ``per_rank``) returns :class:`RankViews` on every rank instead: each rank's share for those, the whole
+  view on the main process for the others.
 
 Options of a source are its constructor's keyword arguments (``rlscope.attach(trainer, tokens={"dump_every": 5})``).
 """
@@ -20,6 +22,19 @@ from typing import Any
 
 from rlscope.common import keyword_options
 from rlscope.registry import Registry, check_names
+
+
+@dataclass
+class RankViews:
+    """A source's views when some due probes run per rank: ``local`` -- this rank's share, on every rank (its ``comm``
+    joins the ranks), for the ``per_rank`` probes (None when none is due); ``whole`` -- every rank's data, on the main
+    process only (None elsewhere, or when only per-rank probes are due), for the others."""
+
+    local: Any = None
+    whole: Any = None
+
+    def for_probe(self, probe):
+        return self.local if probe.per_rank else self.whole
 
 
 @dataclass

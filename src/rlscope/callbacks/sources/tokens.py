@@ -1,25 +1,29 @@
-"""The ``tokens`` source: the per-token tensors of the policy's training forward in a TRL ``GRPOTrainer``, as one
-:class:`~rlscope.probes.batch.TokenBatch` holding every rank's tokens of the step.
+"""The ``tokens`` source: the per-token tensors of the policy's training forward in a TRL ``GRPOTrainer``, as a
+:class:`~rlscope.probes.batch.TokenBatch` of the step.
 
 Per due step: the :class:`~rlscope.taps.TokenTap` is armed before the step and hands over the step's training
-micro-batches; they are joined; behaviour features are computed from the decoded text where the text is (each rank)
--- only when a due probe reads a text feature; the fields the due probes read are gathered from all ranks (padded,
-then trimmed: every rank's tokens, no sampling). Every ``table_every`` steps a rollouts Table goes to W&B; every
-``dump_every`` probed steps each rank's local batch is saved for offline recomputation
-(:func:`rlscope.analysis.token_dynamics.recompute`).
+micro-batches; they are joined into this rank's batch; behaviour features are computed from the decoded text where
+the text is (each rank) -- only when a due probe reads a text feature. Then, with ``reduce="exact"`` (the default),
+the probes declared ``per_rank`` (entropy, cov, behavior) run on every rank on its own batch and combine the ranks'
+shares exactly through a :class:`~rlscope.probes.reduce.TorchComm`: sums, counts and selection rounds, a few KB per
+step whatever the number of tokens. Other token probes (and all of them with ``reduce="gather"``) get the fields they
+read gathered from all ranks onto the main process (padded, then trimmed: every rank's tokens, no sampling) -- the
+old path, whose traffic grows with ranks x tokens (``rlscope bench gather`` compares the two). Every ``table_every``
+steps a rollouts Table goes to W&B; every ``dump_every`` probed steps each rank's local batch is saved for offline
+recomputation (:func:`rlscope.analysis.token_dynamics.recompute`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import fields
 
 import torch
 
-from rlscope.callbacks.sources import SOURCES, Source
+from rlscope.callbacks.sources import SOURCES, RankViews, Source
 from rlscope.common import is_correct, reports_to_wandb, row_means, text_tokenizer
 from rlscope.probes import Table
-from rlscope.probes.batch import TEXT_FIELDS, TOKEN_FIELDS, TokenBatch, concat, save_batch
+from rlscope.probes.batch import DATA_FIELDS, TEXT_FIELDS, TOKEN_FIELDS, TokenBatch, concat, save_batch
+from rlscope.probes.reduce import LocalComm, TorchComm
 from rlscope.probes.behavior import REFLECTION_WORDS, row_features
 from rlscope.taps import TapRecord, TokenTap
 
@@ -36,18 +40,18 @@ def gather_batch(batch: TokenBatch, accelerator, names=None) -> TokenBatch:
 
     n_rows = gather(torch.tensor([batch.n_rows], device=accelerator.device)).tolist()
     out = {}
-    for f in fields(TokenBatch):
-        v = getattr(batch, f.name)
-        if v is None or f.name == "length" or (names is not None and f.name not in names):
+    for name in DATA_FIELDS:
+        v = getattr(batch, name)
+        if v is None or name == "length" or (names is not None and name not in names):
             continue
         is_bool = v.dtype == torch.bool
         t = v.to(torch.uint8) if is_bool else v
-        if f.name in TOKEN_FIELDS:
+        if name in TOKEN_FIELDS:
             t = pad_across_processes(t.contiguous(), dim=1)
         g = gather(pad_across_processes(t.contiguous(), dim=0))
         rows = g.shape[0] // accelerator.num_processes
         g = torch.cat([g[i * rows:i * rows + n] for i, n in enumerate(n_rows)], dim=0)
-        out[f.name] = g.bool() if is_bool else g
+        out[name] = g.bool() if is_bool else g
     return TokenBatch(**out)
 
 
@@ -56,13 +60,20 @@ class TokenSource(Source):
     """Options: ``reflection_words``, ``ngram`` (behaviour features); ``correct_reward`` (the reward function, name
     or index, whose value decides correctness; default the first) and ``correct_threshold``; ``table_every`` /
     ``table_rows`` (W&B rollouts Table, 0 = never); ``dump_dir`` / ``dump_every`` (per-rank tensors of every N-th
-    probed step, 0 = never; the directory defaults to the run's ``tokens/``)."""
+    probed step, 0 = never; the directory defaults to the run's ``tokens/``); ``reduce``: ``exact`` (per-rank probes
+    combine the ranks' shares by exact reductions) or ``gather`` (every token gathered to the main process first)."""
 
     name = "tokens"
 
     def __init__(self, reflection_words=REFLECTION_WORDS, ngram: int = 4, correct_reward: str | int | None = None,
                  correct_threshold: float = 0.5, table_every: int = 50, table_rows: int = 32, dump_dir=None,
-                 dump_every: int = 0):
+                 dump_every: int = 0, reduce: str = "exact"):
+        if reduce not in ("exact", "gather"):
+            from rlscope.errors import UsageError
+
+            raise UsageError(f"tokens source: reduce must be 'exact' or 'gather', got {reduce!r}")
+        self.reduce = reduce
+        self.comm = None
         self.reflection_words, self.ngram = tuple(reflection_words), ngram
         self.correct_reward, self.correct_threshold = correct_reward, correct_threshold
         self.table_every, self.table_rows = table_every, table_rows
@@ -122,8 +133,17 @@ class TokenSource(Source):
         local = self._local_batch(records, need_text=bool(need & set(TEXT_FIELDS)))
         if self.dump_dir is not None and self.dump_every and ctx.trainer_step % self.dump_every == 0:
             save_batch(local, self.dump_dir, ctx.step, self.accelerator.process_index)
-        batch = gather_batch(local, self.accelerator, need)
-        return batch if ctx.is_main else None
+        per_rank = [p for p in probes if p.per_rank] if self.reduce == "exact" else []
+        rest = [p for p in probes if p not in per_rank]
+        whole = None
+        if rest:
+            whole = gather_batch(local, self.accelerator, {"mask"}.union(*(p.inputs for p in rest)))
+        if per_rank:
+            if self.comm is None:
+                multi = self.accelerator.num_processes > 1
+                self.comm = TorchComm(self.accelerator.device) if multi else LocalComm()
+            local.comm = self.comm
+        return RankViews(local=local if per_rank else None, whole=whole if ctx.is_main else None)
 
     # -- helpers -------------------------------------------------------------------------------------------------
     def _texts(self, r: TapRecord) -> list[str]:
