@@ -122,7 +122,9 @@ def _two_rank_worker(rank: int, port: int, out: str):
     local.has_eos = torch.ones(local.n_rows, dtype=torch.bool)
     local.reflections = torch.arange(local.n_rows, dtype=torch.float64)
     local.repetition = torch.rand(local.n_rows, dtype=torch.float64)
-    torch.save(local.__dict__, Path(out) / f"local{rank}.pt")
+    from rlscope.probes.batch import data_of
+
+    torch.save(data_of(local), Path(out) / f"local{rank}.pt")
     joined = gather_batch(local, acc)
     if rank == 0:
         res = {}

@@ -181,7 +181,7 @@ class TokenSource(Source):
                    else [math.nan] * len(comps))
             rows += [[prompts[i], c, rew[i], float(r.advantages[i]), int(r.mask[i].sum()), ent[i], lp[i]]
                      for i, c in enumerate(comps)]
-        rows = gather_object(rows)
+        rows = gather_object(rows[: self.table_rows])  # the Table shows the first table_rows: no rank sends more
         if ctx.is_main:
             columns = ["prompt", "completion", "reward", "advantage", "length", "entropy_mean", "logp_mean"]
             ctx.engine.publisher.media(ctx.step, "rlscope/rollouts", Table(columns, rows[: self.table_rows]),
