@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from pathlib import Path
 
 import pytest
+import torch
 from conftest import RECIPES
 
 from rlscope.cli import main
@@ -508,6 +510,57 @@ def test_a_probe_that_raises_on_one_rank_of_two_is_disabled_everywhere_without_a
     meta = RunReader(run).meta()
     assert meta["status"] == "finished" and meta["world_size"] == 2
     assert meta["summary"]["probe_errors"][probe]["step"] == 2
+
+
+def _source_fault_worker(rank: int, port: int, out: str):
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))
+    from accelerate import Accelerator
+
+    from rlscope.callbacks.sources import Context
+    from rlscope.callbacks.sources.tokens import TokenSource
+    from rlscope.probes import get_probe
+    from test_probes import random_batch
+
+    class Tap:
+        armed = True
+
+        def drain(self):
+            return ["a micro-batch"]
+
+    def local_batch(records, need_text):
+        if rank == 1:
+            raise ValueError("planted fault in the tokens source")
+        return random_batch(0)
+
+    source = TokenSource()
+    source.accelerator, source.tap, source.report_wandb = Accelerator(cpu=True), Tap(), False
+    source._local_batch = local_batch
+    ctx = Context(step=2, trainer_step=2, when="step", model=None, tokenizer=None, is_main=rank == 0, engine=None)
+    try:
+        source.collect(ctx, [get_probe("entropy")])
+        outcome = "collected"
+    except Exception as exc:  # noqa: BLE001 -- the outcome is the test's subject
+        outcome = f"{type(exc).__name__}: {exc}"
+    Path(out, f"rank{rank}.txt").write_text(outcome)
+    torch.distributed.destroy_process_group()
+
+
+def test_a_fault_in_the_tokens_source_on_one_rank_stops_every_rank_before_any_collective(tmp_path):
+    """Two real processes: rank 1's tokens source raises while building its batch (decoding, features), before any
+    collective of the step. The ranks agree on that first, so rank 0 stops at once with a message pointing at the
+    other rank -- instead of going on into the probes' collectives, where it would wait for rank 1 until the
+    backend's timeout under a launcher that does not kill the other ranks."""
+    import torch.multiprocessing as mp
+
+    from helpers import _free_port
+
+    mp.spawn(_source_fault_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    assert (tmp_path / "rank1.txt").read_text() == "ValueError: planted fault in the tokens source"
+    assert (tmp_path / "rank0.txt").read_text().startswith("RuntimeError: rlscope tokens source: another rank failed "
+                                                           "while collecting step 2's tokens")
 
 
 def _launch_ddp(runs, name, *extra):

@@ -126,13 +126,26 @@ class TokenSource(Source):
         if not records:  # the same on every rank (e.g. an SFT step of an interleaving schedule)
             return None
         need = {"mask"}.union(*(p.inputs for p in probes)) if probes else set()
-        if self.wants(ctx.trainer_step):
-            self._table(records, ctx)
+        table, local, error = None, None, None
+        try:  # everything local first: decoding, features, the dump -- no collective
+            if self.wants(ctx.trainer_step):
+                table = self._table_rows(records)
+            if probes:
+                local = self._local_batch(records, need_text=bool(need & set(TEXT_FIELDS)))
+                if self.dump_dir is not None and self.dump_every and ctx.trainer_step % self.dump_every == 0:
+                    save_batch(local, self.dump_dir, ctx.step, self.accelerator.process_index)
+        except Exception as exc:  # noqa: BLE001 -- re-raised below, once every rank knows
+            error = exc
+        if self._any_rank_failed(error is not None):  # then no rank enters a collective the failed one never reaches
+            if error is not None:
+                raise error
+            raise RuntimeError(f"rlscope tokens source: another rank failed while collecting step {ctx.step}'s "
+                               f"tokens (its error is in that rank's output); this rank stops too instead of waiting "
+                               f"for it in a collective")
+        if table is not None:
+            self._publish_table(table, ctx)
         if not probes:
             return None
-        local = self._local_batch(records, need_text=bool(need & set(TEXT_FIELDS)))
-        if self.dump_dir is not None and self.dump_every and ctx.trainer_step % self.dump_every == 0:
-            save_batch(local, self.dump_dir, ctx.step, self.accelerator.process_index)
         per_rank = [p for p in probes if p.per_rank] if self.reduce == "exact" else []
         rest = [p for p in probes if p not in per_rank]
         whole = None
@@ -166,9 +179,17 @@ class TokenSource(Source):
             parts.append(b)
         return concat(parts)
 
-    def _table(self, records: list[TapRecord], ctx) -> None:
-        from accelerate.utils import gather_object
+    def _any_rank_failed(self, failed: bool) -> bool:
+        """Whether this or any other rank failed (a one-number all-reduce when there are several)."""
+        if self.accelerator.num_processes == 1:
+            return failed
+        import torch.distributed as dist
 
+        flag = torch.tensor([1.0 if failed else 0.0], device=self.accelerator.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
+    def _table_rows(self, records: list[TapRecord]) -> list[list]:
         rows = []
         for r in records:
             comps = self._texts(r)
@@ -181,7 +202,12 @@ class TokenSource(Source):
                    else [math.nan] * len(comps))
             rows += [[prompts[i], c, rew[i], float(r.advantages[i]), int(r.mask[i].sum()), ent[i], lp[i]]
                      for i, c in enumerate(comps)]
-        rows = gather_object(rows[: self.table_rows])  # the Table shows the first table_rows: no rank sends more
+        return rows[: self.table_rows]  # the Table shows the first table_rows: no rank sends more
+
+    def _publish_table(self, rows: list[list], ctx) -> None:
+        from accelerate.utils import gather_object
+
+        rows = gather_object(rows)
         if ctx.is_main:
             columns = ["prompt", "completion", "reward", "advantage", "length", "entropy_mean", "logp_mean"]
             ctx.engine.publisher.media(ctx.step, "rlscope/rollouts", Table(columns, rows[: self.table_rows]),
