@@ -42,7 +42,9 @@ def test_ddp_two_processes_record_world_size_two(tmp_path, tiny_sft_path):
 @pytest.mark.parametrize("config", ["zero2.yaml", "zero3.yaml"])
 def test_deepspeed_zero_runs_the_tiny_recipe(tmp_path, tiny_sft_path, config):
     name = config.split(".")[0]
-    launch(tmp_path, config, "--max_steps", "2", "--run_name", name, "--probe_every", '{"weights": 1}')
+    launch(tmp_path, config, "--max_steps", "2", "--run_name", name, "--eval_samples", "2",
+           "--probe_every", '{"weights": 1, "passk": "start+end"}',
+           "--probe_options", '{"passk": {"n": 4, "max_prompts": 6, "batch_prompts": 2}}')
     m = meta(tmp_path / name)
     assert m["world_size"] == 2 and m["status"] == "finished"
     assert "DEEPSPEED" in m["distributed_type"]
@@ -60,6 +62,35 @@ def test_deepspeed_zero_runs_the_tiny_recipe(tmp_path, tiny_sft_path, config):
     for key in ("angle_left_mean", "angle_right_max", "sv_rel_change_mean", "dw_rank1_energy", "dw_sigma1"):
         # float32 SVDs in processes with different thread counts round differently: equal to ~1e-7 absolute
         assert row["aggregate"][key] == pytest.approx(r.series(f"rlscope/weights/{key}")[1][-1], rel=1e-4, abs=1e-6), key
+    _same_evaluations_as_one_process(r, tiny_sft_path, tmp_path / name / "models" / "final")
+
+
+def _same_evaluations_as_one_process(r, base_path, final_path):
+    """pass@k counts (at the start and the end of training) and the held-out accuracy before and after RL, as the
+    two-process run logged them (under ZeRO-3: lock-step generation during training, the whole model gathered
+    before it), equal a one-process evaluation of the same weights (one thread, as the launched processes)."""
+    import torch
+
+    from rlscope.evaluate import evaluate_task
+    from rlscope.passk_eval import evaluate_passk
+    from rlscope.tasks import get_task
+    from rlscope.tinymodel import load_policy
+
+    task = get_task("chainsum", seed=0)
+    passk = r.records("passk")
+    assert [x["kind"] for x in passk] == ["base", "current"]
+    evals = {(e["phase"], e["name"]): e["value"] for e in r.evals()}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for record, phase, path in ((passk[0], "before_rl", base_path), (passk[-1], "after_rl", final_path)):
+            model, tok = load_policy(str(path))
+            assert record["counts"] == evaluate_passk(model, tok, task, n=4, max_prompts=6, batch_prompts=2).counts
+            held = evaluate_task(model, tok, task, n_samples=2, seed=0)
+            assert evals[(phase, "heldout/accuracy")] == held.accuracy, phase
+            assert evals[(phase, "heldout/sampled_accuracy")] == held.sampled_accuracy, phase
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.slow

@@ -66,7 +66,9 @@ def _passk_cli(*args, launcher=(), timeout=600):
 def test_two_processes_give_the_same_curve_as_one(tiny_sft_path):
     from helpers import _free_port
 
-    args = ("--model", str(tiny_sft_path), "--task", "chainsum", "-n", "6", "--max-prompts", "10", "--json")
+    # 10 prompts in batches of 3 (3, 3, 3, 1): rank 0 samples batches 0 and 2, rank 1 batches 1 and 3
+    args = ("--model", str(tiny_sft_path), "--task", "chainsum", "-n", "6", "--max-prompts", "10",
+            "--batch-prompts", "3", "--json")
     one = _passk_cli(*args, launcher=(sys.executable,))
     assert one.returncode == 0, one.stderr[-3000:]
     two = _passk_cli(*args, launcher=(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
@@ -131,3 +133,158 @@ def test_sft_example_gets_base_and_curves(tmp_path, tiny_path):
     names = {(r["name"], r["step"]) for r in RunReader(out).records("metrics")}
     assert ("rlscope/passk/pass@1", 4) in names and ("rlscope/passk/crossover_found", 4) in names
     assert ("rlscope/passk/base_pass@4", 0) in names
+
+
+# -- keyed sampling (Gumbel-max): the sampler against softmax, the decoding loop against HF generate -------------------
+def _nucleus_probs(logits, temperature, top_p):
+    """Brute force: softmax(logits / T), then the smallest set of most likely tokens whose probability reaches
+    top_p, renormalised (0 outside it)."""
+    import math
+
+    z = [v / temperature for v in logits]
+    m = max(z)
+    e = [math.exp(v - m) for v in z]
+    p = [v / sum(e) for v in e]
+    keep, total = set(), 0.0
+    for i in sorted(range(len(p)), key=lambda i: -p[i]):
+        keep.add(i)
+        total += p[i]
+        if total >= top_p:
+            break
+    mass = sum(p[i] for i in keep)
+    return np.array([p[i] / mass if i in keep else 0.0 for i in range(len(p))])
+
+
+def _keyed_draws(logits, temperature, top_p, rows=4000, positions=100, seed=0):
+    """(positions, rows) tokens drawn by the keyed sampler from the same logits (row r: prompt r // 4, sample r % 4)."""
+    import torch
+
+    from rlscope.sampling import KeyedGumbelSampler, row_keys
+
+    keys = row_keys(seed, [r // 4 for r in range(rows)], [r % 4 for r in range(rows)])
+    sampler = KeyedGumbelSampler(keys, prompt_width=0, temperature=temperature, top_p=top_p)
+    batch = torch.tensor(logits, dtype=torch.float32).expand(rows, -1)
+    return np.stack([sampler.scores(batch, t).argmax(-1).numpy() for t in range(positions)])
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 0.9), (1.5, 0.6)])
+def test_keyed_gumbel_sampler_draws_from_softmax_with_temperature_and_top_p(temperature, top_p):
+    """400,000 draws (4,000 keys x 100 positions) from fixed logits against the brute-force filtered softmax.
+
+    Tolerance: the keys are fixed, so the test is deterministic; for an exact sampler the chi-square statistic
+    exceeds its 1 - 1e-6 quantile with probability 1e-6, and each frequency lies within 5 standard errors
+    (sqrt(q (1 - q) / N) <= 0.0008 at N = 400,000) of its probability. That detects any probability off by more than
+    ~0.004 absolute (a wrong temperature, nucleus or noise distribution is off by far more); tokens outside the
+    nucleus must never be drawn."""
+    from scipy.stats import chi2
+
+    logits = [2.0, 1.2, 0.9, 0.0, -0.5, -2.0, -4.0]
+    q = _nucleus_probs(logits, temperature, top_p)
+    draws = _keyed_draws(logits, temperature, top_p).ravel()
+    n = draws.size
+    counts = np.bincount(draws, minlength=len(logits))
+    assert counts[q == 0].sum() == 0, "a token outside the nucleus was drawn"
+    kept = q > 0
+    stat = float((((counts - n * q) ** 2)[kept] / (n * q[kept])).sum())
+    assert stat < chi2.ppf(1 - 1e-6, kept.sum() - 1), (stat, counts / n, q)
+    assert np.all(np.abs(counts / n - q) <= 5 * np.sqrt(q * (1 - q) / n))
+
+
+def test_keyed_draws_are_independent_across_positions_and_samples():
+    """Joint frequencies of (token at t, token at t+1) of one row and (sample s, sample s+1) of one prompt at one
+    position equal the product of the marginals (chi-square on the K x K table, 1 - 1e-6 quantile)."""
+    from scipy.stats import chi2
+
+    logits = [1.0, 0.5, 0.0, -0.5]
+    q = _nucleus_probs(logits, 1.0, 1.0)
+    draws = _keyed_draws(logits, 1.0, 1.0, rows=4000, positions=60)  # (positions, rows)
+    expected = np.outer(q, q)
+    for a, b in ((draws[:-1], draws[1:]), (draws[:, 0::2], draws[:, 1::2])):
+        joint = np.zeros((4, 4))
+        np.add.at(joint, (a.ravel(), b.ravel()), 1)
+        n = joint.sum()
+        stat = float(((joint - n * expected) ** 2 / (n * expected)).sum())
+        assert stat < chi2.ppf(1 - 1e-6, 15), stat
+
+
+def test_hash_arithmetic_is_exact():
+    """fmix32 on int64 tensors against murmur3's finaliser in Python integers (edges and random words)."""
+    import random
+
+    import torch
+
+    from rlscope.sampling import fmix32
+
+    def reference(x):
+        x ^= x >> 16
+        x = (x * 0x85EBCA6B) & 0xFFFFFFFF
+        x ^= x >> 13
+        x = (x * 0xC2B2AE35) & 0xFFFFFFFF
+        return x ^ (x >> 16)
+
+    rng = random.Random(0)
+    words = [0, 1, 2 ** 31 - 1, 2 ** 31, 2 ** 32 - 1] + [rng.getrandbits(32) for _ in range(2000)]
+    assert fmix32(torch.tensor(words, dtype=torch.int64)).tolist() == [reference(w) for w in words]
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.8, 0.95)])
+def test_keyed_decoding_equals_hf_generate_with_the_keyed_processor(tiny_sft_path, temperature, top_p):
+    """The decoding loop (prompts run once, finished rows dropped from the batch and the KV cache) gives the tokens
+    HF ``generate`` gives with the same sampler as its logits processor and greedy decoding."""
+    import torch
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    from rlscope.decode import keyed_generate
+    from rlscope.passk_eval import left_padded, pad_id
+    from rlscope.sampling import KeyedGumbelSampler, row_keys
+    from rlscope.tasks import get_task
+    from rlscope.tinymodel import load_policy
+
+    model, tok = load_policy(str(tiny_sft_path))
+    model.eval()
+    task = get_task("chainsum", seed=0)
+    prompts = [task.render_prompt(r, tok) for r in task.rows("heldout")[:4]]
+    n, max_new = 4, task.max_completion_length
+    ids, mask = left_padded(tok, prompts, "cpu")
+    sampler = KeyedGumbelSampler(row_keys(3, [i for i in range(4) for _ in range(n)], list(range(n)) * 4),
+                                 ids.shape[1], temperature, top_p)
+    ours = keyed_generate(model, ids, mask, sampler, max_new, [tok.eos_token_id], pad_id(tok), repeats=n)
+    config = GenerationConfig(do_sample=False, num_beams=1, top_k=None, top_p=None, temperature=None,
+                              repetition_penalty=1.0, max_new_tokens=max_new, pad_token_id=pad_id(tok),
+                              eos_token_id=tok.eos_token_id)
+    with torch.no_grad():
+        hf = model.generate(input_ids=ids.repeat_interleave(n, 0), attention_mask=mask.repeat_interleave(n, 0),
+                            generation_config=config, logits_processor=LogitsProcessorList([sampler]))
+    hf = hf[:, ids.shape[1]:]
+    assert torch.equal(ours[:, :hf.shape[1]], hf) and bool((ours[:, hf.shape[1]:] == pad_id(tok)).all())
+    ends = (ours == tok.eos_token_id).any(1)
+    assert 0 < int(ends.sum()), "some samples end before the budget (the loop dropped rows)"
+
+
+def test_counts_do_not_depend_on_batching_and_change_with_the_seed(tiny_sft_path):
+    """Samples are keyed per (prompt, sample, position): 1, 5 or 16 prompts per batch give the same counts on the
+    tiny model on CPU (left padding and batch shape do not change its logits here); another seed gives other
+    counts."""
+    from rlscope.passk_eval import evaluate_passk
+    from rlscope.tasks import get_task
+    from rlscope.tinymodel import load_policy
+
+    model, tok = load_policy(str(tiny_sft_path))
+    task = get_task("chainsum", seed=0)
+    runs = {b: evaluate_passk(model, tok, task, n=8, max_prompts=16, batch_prompts=b).counts for b in (16, 5, 1)}
+    assert runs[16] == runs[5] == runs[1]
+    assert 0 < sum(runs[16]) < 16 * 8
+    other = evaluate_passk(model, tok, task, n=8, max_prompts=16, seed=1).counts
+    assert other != runs[16]
+
+
+def test_sampling_options_are_checked_when_attached():
+    from rlscope.callbacks import Observatory
+    from rlscope.errors import UsageError
+
+    with pytest.raises(UsageError, match="temperature must be > 0, got 0"):
+        Observatory({"passk": {"task": "chainsum", "n": 4, "temperature": 0}})
+    with pytest.raises(UsageError, match=r"top_p must be in \(0, 1\], got 1.5"):
+        Observatory({"passk": {"task": "chainsum", "n": 4, "top_p": 1.5}})
+    with pytest.raises(ValueError, match="batch_prompts must be >= 1, got 0"):
+        Observatory({"passk": {"task": "chainsum", "n": 4, "batch_prompts": 0}})

@@ -120,58 +120,80 @@ def bench_overhead(steps: int = 10, warmup: int = 2, repeats: int = 3, recipe: s
             "ratio": round(med["rlscope"] / med["bare"], 4)}
 
 
-def bench_passk(prompts: int = 64, n: int = 16, repeats: int = 3) -> dict:
+def _bare_batched_generate(model, tok, prompts: list[str], n: int, batch_prompts: int, max_new_tokens: int) -> None:
+    """The reference of ``bench passk``: plain HF sampling (``do_sample``, T = 1, no top-k / top-p) of n samples per
+    prompt, ``batch_prompts`` left-padded prompts per ``generate`` call (``num_return_sequences=n``)."""
+    import torch
+    from transformers import GenerationConfig
+
+    from rlscope.passk_eval import left_padded, pad_id, prompt_batches
+
+    config = GenerationConfig(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, repetition_penalty=1.0,
+                              num_return_sequences=n, max_new_tokens=max_new_tokens, use_cache=True,
+                              pad_token_id=pad_id(tok), eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for batch in prompt_batches(len(prompts), batch_prompts):
+            ids, mask = left_padded(tok, [prompts[i] for i in batch], next(model.parameters()).device)
+            model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+
+
+def bench_passk(prompts: int = 64, n: int = 16, repeats: int = 3, batch_prompts: int | None = None) -> dict:
     """pass@k evaluation (``prompts`` held-out prompts x ``n`` samples, tiny warm-started model) through rlscope's
-    probe engine (samples source: seeded per-prompt sampling, scoring, gathering; the passk probe; store + logging)
-    vs a bare ``model.generate`` of the same samples (same per-prompt calls, seeds and generation config),
-    interleaved; the ratio of the median seconds."""
+    probe engine (samples source: keyed batched sampling, scoring, gathering; the passk probe; store + logging) vs a
+    bare batched ``model.generate`` of the same samples (same batches of prompts, same ``max_new_tokens``, plain HF
+    sampling), interleaved; the ratio of the median seconds. CPU seconds (``time.process_time``) beside the wall
+    seconds: on a shared machine they vary less."""
     import statistics
 
     import torch
 
     from rlscope.callbacks import Observatory
-    from rlscope.passk_eval import _generation_config, prompt_seed
+    from rlscope.passk_eval import BATCH_PROMPTS
     from rlscope.tasks import get_task
     from rlscope.tinymodel import load_policy
 
+    batch_prompts = batch_prompts or BATCH_PROMPTS
     model, tok = load_policy("tiny-sft")
     model.eval()
     task = get_task("chainsum", seed=0, n_heldout=max(prompts, 64))
-    rows = task.rows("heldout")[:prompts]
-    gen_config = _generation_config(tok, n, 1.0, 1.0, task.max_completion_length)
+    texts = [task.render_prompt(row, tok) for row in task.rows("heldout")[:prompts]]
 
-    def bare() -> float:
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            for i, row in enumerate(rows):
-                enc = tok([task.render_prompt(row, tok)], return_tensors="pt", add_special_tokens=False)
-                torch.manual_seed(prompt_seed(0, i))
-                model.generate(**enc, generation_config=gen_config)
-        return time.perf_counter() - t0
+    def timed(fn) -> tuple[float, float]:
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        return time.perf_counter() - t0, time.process_time() - c0
 
-    times: dict[str, list[float]] = {"bare": [], "rlscope": []}
+    times: dict[str, list[tuple[float, float]]] = {"bare": [], "rlscope": []}
     scalars: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        obs = Observatory({"passk": {"task": task, "n": n, "max_prompts": prompts}}, run_dir=tmp)
+        obs = Observatory({"passk": {"task": task, "n": n, "max_prompts": prompts, "batch_prompts": batch_prompts}},
+                          run_dir=tmp)
         calls = 0
 
-        def full() -> float:
+        def full() -> None:
             nonlocal scalars, calls
-            t0 = time.perf_counter()
             scalars = obs.measure(model, tok, step=calls, when="start" if calls == 0 else "step")
             calls += 1
-            return time.perf_counter() - t0
+
+        def bare() -> None:
+            _bare_batched_generate(model, tok, texts, n, batch_prompts, task.max_completion_length)
 
         for rep in range(repeats):
             for arm in (("bare", "rlscope") if rep % 2 == 0 else ("rlscope", "bare")):
-                times[arm].append(bare() if arm == "bare" else full())
-    med = {k: statistics.median(v) for k, v in times.items()}
+                times[arm].append(timed(bare if arm == "bare" else full))
+    wall = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
+    cpu = {k: statistics.median(c for _, c in v) for k, v in times.items()}
     prefix = "rlscope/passk/" + ("base_" if calls == 1 else "")
-    return {"bench": "passk", "prompts": prompts, "n": n, "repeats": repeats,
-            "rlscope_seconds": [round(v, 3) for v in times["rlscope"]], "bare_seconds": [round(v, 3) for v in times["bare"]],
-            "seconds": round(med["rlscope"], 3), "bare_generate_seconds": round(med["bare"], 3),
-            "ratio": round(med["rlscope"] / med["bare"], 4), "pass@1": round(scalars[f"{prefix}pass@1"], 4),
-            f"pass@{n}": round(scalars[f"{prefix}pass@{n}"], 4)}
+    return {"bench": "passk", "prompts": prompts, "n": n, "batch_prompts": batch_prompts, "repeats": repeats,
+            "threads": torch.get_num_threads(), "max_new_tokens": task.max_completion_length,
+            "rlscope_seconds": [round(w, 3) for w, _ in times["rlscope"]],
+            "bare_seconds": [round(w, 3) for w, _ in times["bare"]],
+            "seconds": round(wall["rlscope"], 3), "bare_generate_seconds": round(wall["bare"], 3),
+            "ratio": round(wall["rlscope"] / wall["bare"], 4),
+            "cpu_seconds": round(cpu["rlscope"], 3), "bare_cpu_seconds": round(cpu["bare"], 3),
+            "cpu_ratio": round(cpu["rlscope"] / cpu["bare"], 4),
+            "pass@1": round(scalars[f"{prefix}pass@1"], 4), f"pass@{n}": round(scalars[f"{prefix}pass@{n}"], 4)}
 
 
 def _decaying_matrix(n: int, seed: int = 0):

@@ -79,7 +79,7 @@ def cmd_passk(ns) -> int:
     model, tokenizer = load_policy(ns.model)
     report = passk_report(model, tokenizer, ns.task, n=ns.n, task_config=json.loads(ns.task_config),
                           temperature=ns.temperature, top_p=ns.top_p, seed=ns.seed, split=ns.split,
-                          max_prompts=ns.max_prompts)
+                          max_prompts=ns.max_prompts, batch_prompts=ns.batch_prompts)
     if os.environ.get("RANK", "0") == "0":
         if not ns.json:
             curve = report["curve"]
@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     k = sub.add_parser("passk", help="pass@k (k = 1..n, unbiased) of a model on a task's held-out split; "
-                                     "runs under accelerate launch too (prompts split across ranks)")
+                                     "runs under accelerate launch too (batches of prompts split across ranks)")
     k.add_argument("--model", required=True, help="model directory (or 'tiny-sft': the cached warm-started tiny model)")
     k.add_argument("--task", required=True)
     k.add_argument("--task-config", default="{}", help="JSON task options, e.g. '{\"seed\": 0}'")
@@ -249,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--seed", type=int, default=0)
     k.add_argument("--split", default="heldout")
     k.add_argument("--max-prompts", type=int, default=None)
+    k.add_argument("--batch-prompts", type=int, default=16,
+                   help="prompts per generation batch (the counts do not depend on the number of processes)")
     k.add_argument("--json", action="store_true", help="print only the JSON line")
     k.set_defaults(func=cmd_passk)
 

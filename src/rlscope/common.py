@@ -5,6 +5,7 @@ Nothing here imports the trainers, the callbacks or the probes; heavy libraries 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import zlib
@@ -33,6 +34,32 @@ def is_partitioned(param) -> bool:
 def model_is_partitioned(model) -> bool:
     """Whether any parameter of ``model`` is ZeRO-3 partitioned (gathering it is then a collective)."""
     return any(is_partitioned(p) for p in model.parameters())
+
+
+@contextlib.contextmanager
+def generation_ready(model):
+    """A context in which ``model`` can ``generate``; yields whether generation must run in lock step (every rank the
+    same ``generate`` calls, with ``synced_gpus=True``). Enter it on every rank when the model is partitioned.
+
+    * not ZeRO-3 partitioned: nothing to do; False.
+    * ZeRO-3 with DeepSpeed's hooks on (the engine exists, as during training): each forward all-gathers the
+      parameters of the modules it runs, a collective: True when there is more than one rank (as TRL's rollouts with
+      ``ds3_gather_for_generation=False``).
+    * partitioned at load (``zero.Init``) but no engine yet (e.g. an evaluation before training): the whole model is
+      gathered on every rank for the duration (``deepspeed.zero.GatheredParameters``, as TRL's default
+      ``ds3_gather_for_generation=True``; it must fit in one device's memory); False.
+    """
+    import torch.distributed as dist
+
+    if not model_is_partitioned(model):
+        yield False
+    elif hasattr(model, "ds_id"):  # DeepSpeed registered its fetch/release hooks on the modules
+        yield dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    else:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+            yield False
 
 
 def keyword_options(fn, skip: int = 0) -> dict[str, object]:

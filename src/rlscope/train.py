@@ -251,10 +251,16 @@ class RecipeRun:
                                     "params_partitioned": model_is_partitioned(self.trainer.model)})
 
     def evaluate(self, when: str) -> None:
-        """Held-out accuracy (main process), stored as phase ``<when>_rl`` and summarised as ``heldout[_sampled]_<when>``;
-        skipped under ZeRO-3 (parameters are sharded)."""
-        from rlscope.common import zero_stage
+        """Held-out accuracy, stored as phase ``<when>_rl`` and summarised as ``heldout[_sampled]_<when>``: on the main
+        process; under ZeRO-3 on every rank (lock step or gathered parameters, :mod:`rlscope.evaluate`), the main
+        process logging it."""
+        import contextlib
 
+        import torch
+
+        from rlscope.common import model_is_partitioned
+
+        everyone = model_is_partitioned(self.trainer.model) and self.state.num_processes > 1
         if when == "before" and self.resume is not None and self.main:  # measured by the run being resumed
             from rlscope.store import RunReader
 
@@ -264,17 +270,25 @@ class RecipeRun:
                     (e["value"] for e in done if e["name"] == f"heldout/{name}"), None)
                     for kind, name in (("", "accuracy"), ("_sampled", "sampled_accuracy"))})
                 when = "skip"
-        if self.run_args.eval_heldout and zero_stage() != 3 and self.main and when != "skip":
+        if everyone and self.run_args.eval_heldout:  # every rank must agree on whether to generate
+            from accelerate.utils import broadcast_object_list
+
+            when = broadcast_object_list([when])[0]
+        if self.run_args.eval_heldout and (self.main or everyone) and when != "skip":
             from rlscope.evaluate import evaluate_task
 
             step = self.offset + (self.trainer.state.global_step if when == "after" else 0)
-            result = evaluate_task(self.trainer.accelerator.unwrap_model(self.trainer.model), self.tokenizer,
-                                   self.task, n_samples=self.run_args.eval_samples, seed=self.cfg.seed)
-            self.writer.log_eval(step, f"{when}_rl", result.as_metrics("heldout"))
-            self.summary[f"heldout_{when}"] = result.accuracy
-            self.summary[f"heldout_sampled_{when}"] = result.sampled_accuracy
-            if when == "after":
-                self.summary["heldout_after_by_difficulty"] = result.by_difficulty
+            devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+            # ranks other than the main one only take part in the collectives: their RNG stays as without it
+            with contextlib.nullcontext() if self.main else torch.random.fork_rng(devices=devices):
+                result = evaluate_task(self.trainer.accelerator.unwrap_model(self.trainer.model), self.tokenizer,
+                                       self.task, n_samples=self.run_args.eval_samples, seed=self.cfg.seed)
+            if self.main:
+                self.writer.log_eval(step, f"{when}_rl", result.as_metrics("heldout"))
+                self.summary[f"heldout_{when}"] = result.accuracy
+                self.summary[f"heldout_sampled_{when}"] = result.sampled_accuracy
+                if when == "after":
+                    self.summary["heldout_after_by_difficulty"] = result.by_difficulty
         self.state.wait_for_everyone()
 
     def train(self) -> None:

@@ -23,7 +23,7 @@ from collections import deque
 
 import torch
 
-from rlscope.common import derive_seed, is_correct, model_is_partitioned, rng_state, set_rng_state
+from rlscope.common import derive_seed, is_correct, rng_state, set_rng_state
 from rlscope.trainers.dapo import DAPOTrainer
 from rlscope.trainers.mixed_losses import chord_phi_nll, demo_batch, demo_token_logps, hpt_loss, sft_nll
 from rlscope.trainers.schedules import Decision, Schedule, Signals
@@ -104,11 +104,9 @@ class InterleavedTrainer(DAPOTrainer):
 
     def _heldout_accuracy(self) -> float | None:
         """Greedy held-out accuracy, computed on every rank (deterministic, identical parameters under DDP: no
-        collective needed); skipped under ZeRO-3, where parameters are sharded."""
+        collective needed; under ZeRO-3 the ranks generate in lock step, :mod:`rlscope.evaluate`)."""
         from rlscope.evaluate import evaluate_task
 
-        if model_is_partitioned(self.model):
-            return None
         acc = evaluate_task(self.accelerator.unwrap_model(self.model), self.text_tokenizer, self.task).accuracy
         self._metrics["train"]["rlscope/schedule/heldout_accuracy"].append(acc)
         return acc

@@ -1,46 +1,49 @@
 """The ``samples`` source: n seeded samples per held-out prompt of a task, scored, counted per prompt -- the input of
 pass@k -- for any ``transformers.Trainer`` (it needs only the model and the tokenizer the trainer hands its callbacks).
 
-Every rank samples its share of the prompts and the counts are gathered (:func:`rlscope.passk_eval.evaluate_passk`:
-seeded per prompt, so the counts do not depend on the number of ranks). The evaluation at the start of training is
-the *base*. Under DeepSpeed ZeRO-3 generation would need every rank in lock-step per token: the source then does
-nothing and says so once (evaluate checkpoints offline with ``rlscope passk``).
+The prompts are grouped into fixed batches of ``batch_prompts``, every rank samples its share of the batches and the
+counts are gathered (:func:`rlscope.passk_eval.evaluate_passk`: sampling keyed per (prompt, sample, position), so the
+counts do not depend on the number of ranks). The evaluation at the start of training is the *base*. Under DeepSpeed
+ZeRO-3 the ranks generate in lock step (every rank the same forwards, as TRL's own rollouts do), so pass@k runs there
+too.
 """
 
 from __future__ import annotations
 
-import warnings
-
 from rlscope.callbacks.sources import SOURCES, Source
-from rlscope.common import model_is_partitioned, text_tokenizer
-from rlscope.passk_eval import evaluate_passk
+from rlscope.common import text_tokenizer
+from rlscope.passk_eval import BATCH_PROMPTS, evaluate_passk
 from rlscope.probes.passk import SampleCounts, default_ks
+from rlscope.sampling import check_sampling
 
 
 @SOURCES.register("samples")
 class SampleSource(Source):
     """Options: ``task`` (a Task or a task name; required), ``task_config`` (options of a named task), ``n`` samples per
     prompt, ``temperature``, ``top_p``, ``seed``, ``split``, ``max_prompts`` (the first N prompts of the split),
-    ``max_new_tokens`` (default: the task's completion budget)."""
+    ``max_new_tokens`` (default: the task's completion budget), ``batch_prompts`` (prompts per generation batch; the
+    counts are the same for any number of ranks at a given value)."""
 
     name = "samples"
 
     def __init__(self, task=None, task_config: dict | None = None, n: int = 16, temperature: float = 1.0,
                  top_p: float = 1.0, seed: int = 0, split: str = "heldout", max_prompts: int | None = None,
-                 max_new_tokens: int | None = None):
+                 max_new_tokens: int | None = None, batch_prompts: int = BATCH_PROMPTS):
         if task is None:
             raise ValueError("pass@k needs a task to sample from: e.g. rlscope.attach(trainer, passk={'task': "
                              "'chainsum', 'n': 16})")
         if n < 1:
             raise ValueError(f"pass@k: n (samples per prompt) must be >= 1, got {n}")
+        if batch_prompts < 1:
+            raise ValueError(f"pass@k: batch_prompts must be >= 1, got {batch_prompts}")
+        check_sampling(temperature, top_p)
         if isinstance(task, str):
             from rlscope.tasks import get_task
 
             task = get_task(task, **(task_config or {}))
         self.task, self.n = task, n
         self.kw = dict(n=n, temperature=temperature, top_p=top_p, seed=seed, split=split, max_prompts=max_prompts,
-                       max_new_tokens=max_new_tokens)
-        self.disabled = False
+                       max_new_tokens=max_new_tokens, batch_prompts=batch_prompts)
 
     def check(self, probe_name: str, options: dict) -> None:
         ks = options.get("ks") or default_ks(self.n)
@@ -52,18 +55,11 @@ class SampleSource(Source):
                              f"raise {probe_name}'s n to at least {max(int(k) for k in bad)} or drop that k")
 
     def setup(self, ctx) -> None:
-        if model_is_partitioned(ctx.model):
-            self.disabled = True
-            warnings.warn("rlscope pass@k: skipped under DeepSpeed ZeRO-3 (sharded generation would need every rank "
-                          "in lock-step per token); evaluate checkpoints offline with `rlscope passk`.")
-            return
         self.tokenizer = text_tokenizer(ctx.tokenizer)
         if self.tokenizer is None:
             raise ValueError("pass@k: the trainer has no processing_class (tokenizer) to generate with")
 
     def collect(self, ctx, probes):
-        if self.disabled:
-            return None
         result = evaluate_passk(ctx.model, self.tokenizer, self.task, **self.kw)
         if not ctx.is_main:
             return None
