@@ -346,16 +346,29 @@ class Observatory(TrainerCallback):
             self.last.update(self.publisher.probe_result(ctx.step, name, {"failed": 1.0}, ctx.trainer_step))
 
     def _restore(self, state) -> None:
-        if not state.is_world_process_zero or self.writer is None:
-            return
-        from rlscope.store import RunReader
+        """The main process rebuilds each probe's memory from the store; probes that run on every rank (``per_rank``)
+        then get that memory on every rank too, or a rank would compute with its own fresh state (e.g. the entropy
+        probe's first-step threshold) and the reduced result would mix two thresholds. Call it on every rank."""
+        import torch.distributed as dist
 
-        reader = RunReader(self.writer.dir)
-        for run in self.runs.values():
-            if run.probe.restore is not None:
-                run.probe.restore(reader, self.state[run.probe.name])
-            if run.probe.persist:
-                load_state(self.writer.dir, run.probe, self.state[run.probe.name], self.step_offset + state.global_step)
+        if state.is_world_process_zero and self.writer is not None:
+            from rlscope.store import RunReader
+
+            reader = RunReader(self.writer.dir)
+            for run in self.runs.values():
+                if run.probe.restore is not None:
+                    run.probe.restore(reader, self.state[run.probe.name])
+                if run.probe.persist:
+                    load_state(self.writer.dir, run.probe, self.state[run.probe.name],
+                               self.step_offset + state.global_step)
+        shared = sorted(r.probe.name for r in self.runs.values() if r.probe.per_rank and (r.probe.restore or r.probe.persist))
+        if shared and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            box = [{n: self.state[n] for n in shared}]
+            dist.broadcast_object_list(box, src=0)
+            if not state.is_world_process_zero:  # on rank 0 the box holds the very dicts
+                for n in shared:
+                    self.state[n].clear()
+                    self.state[n].update(box[0][n])
 
     def measure(self, model, tokenizer=None, step: int = 0, when: str = "step") -> dict[str, float]:
         """Run every enabled probe now, outside a training loop, on ``model`` (single process): e.g. pass@k or weight
