@@ -15,7 +15,7 @@ import torch
 from rlscope.probes import Histogram
 
 from conftest import ROOT
-from helpers import FAST, run_recipe
+from helpers import run_recipe
 
 PROBE_KEYS = ("rlscope/entropy/mean", "rlscope/entropy/p90", "rlscope/entropy/top20_share",
               "rlscope/entropy/above_first_p80_share", "rlscope/cov/mean", "rlscope/cov/top_mean",

@@ -386,7 +386,7 @@ def _probe_all(batch) -> dict:
     out = {}
     for name in _GATHER_PROBES:
         res = get_probe(name).fn(batch, {})
-        if batch.comm.world_size > 1 and not batch.comm.finish(ok=True):
+        if not batch.comm.finish(ok=True):
             raise RuntimeError("a rank failed")
         out.update({f"{name}/{k}": (v.counts if isinstance(v, Histogram) else v) for k, v in res.items()})
     return out
@@ -395,7 +395,9 @@ def _probe_all(batch) -> dict:
 def _gathered_bytes(parts) -> int:
     """Payload each rank contributes to the gather path's all-gathers (the fields the three probes read, padded to
     the widest rank and the most rows, as ``gather_batch`` sends them)."""
-    names = {"mask"}.union(*(get_probe_inputs(n) for n in _GATHER_PROBES)) - {"length"}
+    from rlscope.probes import get_probe
+
+    names = {"mask"}.union(*(get_probe(n).inputs for n in _GATHER_PROBES)) - {"length"}
     rows = max(p.n_rows for p in parts)
     width = max(p.mask.shape[1] for p in parts)
     total = 0
@@ -405,12 +407,6 @@ def _gathered_bytes(parts) -> int:
             continue
         total += rows * (width if t.dim() == 2 else 1) * t.element_size()  # bool travels as uint8: 1 byte too
     return total
-
-
-def get_probe_inputs(name: str) -> tuple:
-    from rlscope.probes import get_probe
-
-    return get_probe(name).inputs
 
 
 def _compare(exact: dict, gathered: dict) -> tuple[bool, float]:
@@ -454,9 +450,7 @@ def _simulated(world: int, tokens: int) -> dict:
             res = _probe_all(part)
             return res, time.thread_time() - t0, comm.bytes, comm.calls
 
-        t0 = time.perf_counter()
         ranks = SimulatedGroup(world).run(rank_fn, [(p,) for p in parts])
-        exact_wall = time.perf_counter() - t0
         t0 = time.perf_counter()
         whole = concat(parts)  # what gather_batch leaves on the main process
         gathered = _probe_all(whole)
@@ -486,12 +480,13 @@ def _two_rank_worker(rank: int, port: int, tokens: int, out: str):
     from accelerate import Accelerator
 
     from rlscope.callbacks.sources.tokens import gather_batch
+    from rlscope.probes import get_probe
     from rlscope.probes.reduce import TorchComm
 
     torch.set_num_threads(1)
     acc = Accelerator(cpu=True)
     part = synthetic_step(tokens, seed=rank)
-    names = {"mask"}.union(*(get_probe_inputs(n) for n in _GATHER_PROBES))
+    names = {"mask"}.union(*(get_probe(n).inputs for n in _GATHER_PROBES))
     for _ in range(2):  # the second round is timed (the first warms up both paths)
         acc.wait_for_everyone()
         t0 = time.perf_counter()

@@ -62,6 +62,19 @@ def generation_ready(model):
             yield False
 
 
+def any_rank(flag: bool, device=None) -> bool:
+    """Whether ``flag`` is true on this or any other rank: a one-number MAX all-reduce when a process group of more
+    than one rank exists, else ``flag``. Call it on every rank."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
 def keyword_options(fn, skip: int = 0) -> dict[str, object]:
     """The keyword parameters of ``fn`` after the first ``skip`` and their defaults (the options of a probe function, a
     source's or a task's constructor)."""
@@ -86,13 +99,6 @@ def reports_to_wandb(report_to) -> bool:
 
 
 # -- tensors ---------------------------------------------------------------------------------------------------------
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
-    """Mean of ``values`` at the True positions of ``mask``, in float64, non-finite values left out; NaN when none."""
-    v = values[mask.bool()].to(torch.float64)
-    v = v[torch.isfinite(v)]
-    return float(v.mean()) if v.numel() else math.nan
 
 
 def row_means(values: torch.Tensor, mask: torch.Tensor) -> list[float]:

@@ -20,22 +20,14 @@ import inspect
 
 import torch
 
+from rlscope.common import any_rank
+
 
 def _forward(model, input_ids, attention_mask, position_ids, cache, last_only: bool) -> torch.Tensor:
     kw = {"logits_to_keep": 1} if last_only else {}
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, past_key_values=cache,
                 use_cache=True, **kw)
     return out.logits[:, -1, :]
-
-
-def _any_running(local: bool, synced: bool, device) -> bool:
-    if not synced:
-        return local
-    import torch.distributed as dist
-
-    flag = torch.tensor([1.0 if local else 0.0], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item() > 0)
 
 
 @torch.no_grad()
@@ -72,7 +64,7 @@ def keyed_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
             running = bool(keep.any())
         else:
             running = False
-        if t == max_new_tokens - 1 or not _any_running(running, synced, device):
+        if t == max_new_tokens - 1 or not (any_rank(running, device) if synced else running):
             break
         if running:
             if not bool(keep.all()):

@@ -9,7 +9,6 @@ offline recomputation from dumps joined with :func:`concat`, which pads the toke
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -90,27 +89,6 @@ def concat(batches: list[TokenBatch]) -> TokenBatch:
 def data_of(batch: TokenBatch) -> dict[str, torch.Tensor]:
     """The batch's tensors by field name (no ``comm``)."""
     return {name: getattr(batch, name) for name in DATA_FIELDS if getattr(batch, name) is not None}
-
-
-def valid_finite(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """Values at valid positions as float64, with non-finite ones dropped; also the share that was non-finite."""
-    v = values[mask].to(torch.float64)
-    if v.numel() == 0:
-        return v, 0.0
-    finite = torch.isfinite(v)
-    return v[finite], float(1.0 - finite.to(torch.float64).mean())
-
-
-def quantile_sorted(sorted_values: torch.Tensor, q: float) -> float:
-    """Linear-interpolation quantile of an ascending tensor (numpy's default method); NaN when empty."""
-    n = sorted_values.numel()
-    if n == 0:
-        return math.nan
-    pos = q * (n - 1)
-    lo = int(math.floor(pos))
-    hi = min(lo + 1, n - 1)
-    frac = pos - lo
-    return float(sorted_values[lo] * (1 - frac) + sorted_values[hi] * frac)
 
 
 def save_batch(batch: TokenBatch, directory, step: int, rank: int) -> None:

@@ -78,12 +78,12 @@ def entropy_stats(batch: TokenBatch, state: dict, top_share: float = 0.2, hist_b
     thr = qs[-1]
     out[f"p{pct}"] = thr
     first = state.setdefault(f"first_p{pct}", thr)
-    top, (above_first,) = top_sum(comm, vals, k, kth, more=[float((v64 > first).sum())])
+    top, (above_first,) = top_sum(comm, v64, k, kth, more=[float((v64 > first).sum())])
     out[f"top{100 - pct}_mean"] = top / k
     out[f"top{100 - pct}_share"] = top / total if total > 0 else math.nan
     out[f"above_first_p{pct}_share"] = above_first / n
     out["correct_mean"] = split[0] / split[1] if split[1] else math.nan
     out["wrong_mean"] = split[2] / split[3] if split[3] else math.nan
     edges = histogram_edges(lo, hi, hist_bins)
-    out["hist"] = Histogram(histogram(comm, vals, edges, n), edges.tolist())
+    out["hist"] = Histogram(histogram(comm, v64, edges, n), edges.tolist())
     return out

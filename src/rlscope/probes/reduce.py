@@ -252,7 +252,7 @@ def quantile_ranks(n: int, q: float) -> tuple[int, int, float]:
 
 
 def interpolate(lo_value: float, hi_value: float, frac: float) -> float:
-    """The quantile from its two order statistics (the formula of :func:`rlscope.probes.batch.quantile_sorted`)."""
+    """The quantile from its two order statistics: lo * (1 - frac) + hi * frac."""
     return lo_value * (1 - frac) + hi_value * frac
 
 

@@ -20,7 +20,7 @@ import math
 import torch
 
 from rlscope.callbacks.sources import SOURCES, RankViews, Source
-from rlscope.common import is_correct, reports_to_wandb, row_means, text_tokenizer
+from rlscope.common import any_rank, is_correct, reports_to_wandb, row_means, text_tokenizer
 from rlscope.probes import Table
 from rlscope.probes.batch import DATA_FIELDS, TEXT_FIELDS, TOKEN_FIELDS, TokenBatch, concat, save_batch
 from rlscope.probes.reduce import LocalComm, TorchComm
@@ -136,7 +136,7 @@ class TokenSource(Source):
                     save_batch(local, self.dump_dir, ctx.step, self.accelerator.process_index)
         except Exception as exc:  # noqa: BLE001 -- re-raised below, once every rank knows
             error = exc
-        if self._any_rank_failed(error is not None):  # then no rank enters a collective the failed one never reaches
+        if any_rank(error is not None, self.accelerator.device):  # then no rank enters a collective the failed one never reaches
             if error is not None:
                 raise error
             raise RuntimeError(f"rlscope tokens source: another rank failed while collecting step {ctx.step}'s "
@@ -178,16 +178,6 @@ class TokenSource(Source):
                 b.repetition = feats["repetition"].to(r.logps.device)
             parts.append(b)
         return concat(parts)
-
-    def _any_rank_failed(self, failed: bool) -> bool:
-        """Whether this or any other rank failed (a one-number all-reduce when there are several)."""
-        if self.accelerator.num_processes == 1:
-            return failed
-        import torch.distributed as dist
-
-        flag = torch.tensor([1.0 if failed else 0.0], device=self.accelerator.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item() > 0)
 
     def _table_rows(self, records: list[TapRecord]) -> list[list]:
         rows = []
