@@ -33,7 +33,7 @@ def test_ddp_two_processes_record_world_size_two(tmp_path, tiny_sft_path):
                 assert v == offline[step][name], name
             else:
                 assert v == pytest.approx(offline[step][name], rel=1e-9, abs=1e-12), name
-    assert r.series("rlscope/weights/angle_left_mean")[0] == [1, 2]  # computed once (main process), no deadlock
+    assert r.series("rlscope/weights/angle_left_mean")[0] == [1, 2]  # each rank its share of matrices, no deadlock
     n_tok = r.series("rlscope/entropy/n_tokens")[1]
     assert all(n == pytest.approx(offline[s]["rlscope/entropy/n_tokens"]) for s, n in zip([1, 2], n_tok))
 

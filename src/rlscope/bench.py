@@ -196,84 +196,282 @@ def bench_passk(prompts: int = 64, n: int = 16, repeats: int = 3, batch_prompts:
             "pass@1": round(scalars[f"{prefix}pass@1"], 4), f"pass@{n}": round(scalars[f"{prefix}pass@{n}"], 4)}
 
 
-def _decaying_matrix(n: int, seed: int = 0):
+def _decaying_matrix(n: int, seed: int = 0, m: int | None = None):
+    """An m x n matrix (default square) with 64 singular values 10/i over a small Gaussian bulk: the easy spectrum."""
+    import math
+
+    import torch
+
+    m = n if m is None else m
+    g = torch.Generator().manual_seed(seed)
+    q1, _ = torch.linalg.qr(torch.randn(m, 64, generator=g))
+    q2, _ = torch.linalg.qr(torch.randn(n, 64, generator=g))
+    spectrum = 10.0 * torch.pow(torch.arange(1, 65, dtype=torch.float32), -1.0)
+    return (q1 * spectrum) @ q2.T + 0.01 * torch.randn(m, n, generator=g) / math.sqrt(max(m, n))
+
+
+def _spiked_matrix(m: int, n: int, tail_exp: float = 0.35, tail: int = 256, top: float = 6.0, seed: int = 0,
+                   scale: float = 0.02, flat: bool = False):
+    """A weight-like m x n matrix: a Marchenko-Pastur bulk (Gaussian entries) plus a heavy power-law tail of ``tail``
+    spikes, sigma_i = top x bulk edge x i^-tail_exp -- the shape of trained weights' spectra (Martin & Mahoney 2021:
+    ESD exponents 2-4, i.e. tail_exp 1/6 to 1/2); ``flat``: the bulk alone. Entries ~ ``scale``."""
     import math
 
     import torch
 
     g = torch.Generator().manual_seed(seed)
-    q1, _ = torch.linalg.qr(torch.randn(n, 64, generator=g))
-    q2, _ = torch.linalg.qr(torch.randn(n, 64, generator=g))
-    spectrum = 10.0 * torch.pow(torch.arange(1, 65, dtype=torch.float32), -1.0)
-    return (q1 * spectrum) @ q2.T + 0.01 * torch.randn(n, n, generator=g) / math.sqrt(n)
+    big = max(m, n)
+    w = torch.randn(m, n, generator=g) / math.sqrt(big)
+    if not flat:
+        r = min(tail, min(m, n) // 2)
+        u = torch.randn(m, r, generator=g) / math.sqrt(m)
+        v = torch.randn(n, r, generator=g) / math.sqrt(n)
+        s = (1 + math.sqrt(min(m, n) / big)) * top * torch.arange(1, r + 1, dtype=torch.float32) ** -tail_exp
+        w += (u * s) @ v.T
+    return w * (scale * math.sqrt(big / (m + n)) * 2)
+
+
+def _rl_update(w0, step: int, size: float, seed: int):
+    """W_0 plus an RL-like update after ``step`` probe intervals (float32): a rank-1 part growing linearly (AlphaRL's
+    nearly rank-1, linearly evolving update) and a random walk of full-rank noise, each half of an interval's
+    ||dW||_F = ``size`` x ||W_0||_F."""
+    import math
+
+    import torch
+
+    m, n = w0.shape
+    g = torch.Generator().manual_seed(seed)
+    u, v = torch.randn(m, 1, generator=g), torch.randn(1, n, generator=g)
+    walk = torch.zeros(m, n)
+    for t in range(1, step + 1):
+        walk += torch.randn(m, n, generator=torch.Generator().manual_seed(seed * 1000 + t))
+    w = w0.float()
+    return w + size * float(w.norm()) * (0.5 * step * (u @ v) + 0.5 * walk) / math.sqrt(m * n)
+
+
+def _model_shapes(layers: int, hidden: int, intermediate: int, kv_dim: int) -> dict:
+    shapes = {"q_proj": (hidden, hidden), "k_proj": (kv_dim, hidden), "v_proj": (kv_dim, hidden),
+              "o_proj": (hidden, hidden), "gate_proj": (intermediate, hidden), "up_proj": (intermediate, hidden),
+              "down_proj": (hidden, intermediate)}
+    out = {}
+    for layer in range(layers):
+        for i, (kind, shape) in enumerate(shapes.items()):
+            part = "self_attn" if kind in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
+            out[f"model.layers.{layer}.{part}.{kind}.weight"] = (shape, 7 * layer + i)
+    return out
+
+
+def _model_w0(name: str, shape, seed: int):
+    """W_0 of one matrix of the synthetic model, bf16: heavier tails for q/k (as attention weights show)."""
+    import torch
+
+    exp = 0.5 if ("q_proj" in name or "k_proj" in name) else 0.35
+    return _spiked_matrix(*shape, tail_exp=exp, seed=seed).to(torch.bfloat16)
+
+
+def _model_wt(name: str, specs: dict, w0s: dict, step: int, size: float):
+    import torch
+
+    return _rl_update(w0s[name], step, size, seed=specs[name][1]).to(torch.bfloat16)
+
+
+def _probe_share(names, specs, w0s, cache, step, size, options, wts=None):
+    """The per-matrix results of ``names`` at probe ``step`` and the seconds of their computation (W_t, generated
+    here when not given in ``wts``, outside the timing)."""
+    from rlscope.probes.weights import matrix_results
+
+    results, seconds = [], 0.0
+    for name in names:
+        wt = wts[name] if wts is not None else _model_wt(name, specs, w0s, step, size)
+        t0 = time.perf_counter()
+        results.extend(matrix_results([(name, w0s[name], wt)], cache, **options))
+        seconds += time.perf_counter() - t0
+    return results, seconds
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _split_worker(rank: int, world: int, port: int, out: str, specs: dict, size: float, options: dict) -> None:
+    """One rank of the split-across-ranks measurement: its share of the matrices (the source's split), one thread;
+    per probe: compute the share, gather the results to rank 0, which aggregates them (the probe)."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    from rlscope.probes import scalars_of
+    from rlscope.probes.weights import WeightView, weight_geometry
+    from rlscope.weight_geometry import split_matrices
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    names = list(specs)
+    owner = split_matrices([specs[n][0][0] * specs[n][0][1] for n in names], world)
+    mine = [n for n, r in zip(names, owner) if r == rank]
+    w0s = {n: _model_w0(n, *specs[n]) for n in mine}
+    cache, state, report = {}, {}, {}
+    for step in (1, 2):
+        wts = {n: _model_wt(n, specs, w0s, step, size) for n in mine}  # the share's W_t, outside the timing
+        dist.barrier()
+        t0 = time.perf_counter()
+        results, seconds = _probe_share(mine, specs, w0s, cache, step, size, options, wts)
+        del wts
+        gathered = [None] * world if rank == 0 else None
+        dist.gather_object((results, seconds), gathered, dst=0)
+        if rank == 0:
+            allres = [r for part, _ in gathered for r in part]
+            allres.sort(key=lambda r: names.index(r.name))
+            agg = weight_geometry(WeightView(results=allres, options=options), state, **options)
+            wall = time.perf_counter() - t0
+            report[f"probe{step}"] = {"seconds": wall, "rank_compute_seconds": [sec for _, sec in gathered],
+                                      "scalars": scalars_of(agg)}
+    if rank == 0:
+        import json
+        from pathlib import Path
+
+        Path(out).write_text(json.dumps(report))
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def bench_weights(n: int = 4096, k: int = 16, layers: int = 28, hidden: int = 1536, intermediate: int = 8960,
-                  kv_dim: int = 256) -> dict:
-    """(a) randomized vs exact top-k SVD of an n x n matrix with a decaying spectrum: seconds, speed ratio and the
-    largest principal-angle error; (b) one full probe over a Qwen2.5-1.5B-shaped model (28 layers, hidden 1536,
-    intermediate 8960, GQA k/v 256 x 1536; bf16 random weights plus a small random update): seconds of the W_0
-    reference SVDs (once per run), seconds of the probe, peak resident memory."""
-    import math
+                  kv_dim: int = 256, processes: int = 2, size: float = 4e-3) -> dict:
+    """The weights probe's accuracy and speed.
+
+    (a) Realistic spectra (an n x 1536 Marchenko-Pastur bulk with a power-law tail, a 1536 x 1536 flat bulk, a
+    1536 x n 1/i spectrum), two probes of an RL-like update (``_rl_update``: angles ~1e-3, the second probe
+    warm-started): the largest |reported - exact float64 SVD| over the four angle statistics, the reported bound and
+    its target, passes; beside it the error of the former method (seeded ``torch.svd_lowrank``, q = k + 16, 3 power
+    iterations). ``speed_ratio``: exact float64 SVD time / the probe's cold top-k (to a 1e-6 bound) of the first.
+    (b) The full probe of a Qwen2.5-1.5B-shaped model (``layers`` x q, k, v, o, gate, up, down; bf16 weights with
+    realistic spectra, ``_model_w0``): the first (cold: W_0's subspaces computed too) and the second (warm-started:
+    what runs every N steps) probe, with the bound's largest value, the matrices flagged and the mean passes; W_t is
+    generated outside the timing. With ``processes`` > 1 (default 2), the matrices are split over that many real
+    processes (gloo, one thread each, the source's split and gather): the wall seconds of each probe on the main
+    process (it waits for the slowest rank's share, then aggregates) and each rank's compute seconds
+    (``split``); with ``processes`` = 1, in this process on all its threads (``model``).
+    """
     import resource
     import statistics
 
     import torch
 
-    from rlscope.probes.weights import WeightView, matrix_geometry, principal_angles, top_svd, weight_geometry
+    from rlscope.probes.weights import matrix_geometry, principal_angles, top_svd
 
-    w = _decaying_matrix(n)
-    top_svd(w, k, exact_below=1024)  # warm-up (first-call allocations)
+    out: dict = {"bench": "weights", "k": k, "threads": torch.get_num_threads()}
+    # (a) accuracy against exact float64 SVD
+    spectra = {"mp_powerlaw": _spiked_matrix(n, 1536, seed=3), "flat": _spiked_matrix(1536, 1536, seed=4, flat=True),
+               "decaying": _decaying_matrix(n, seed=5, m=1536)}
+    accuracy = {}
+    for kind, w0 in spectra.items():
+        w0 = w0 / w0.norm() * 30  # a Frobenius norm like a trained matrix's; the angles do not depend on it
+        exact_svd = [torch.linalg.svd(w.double(), full_matrices=False)
+                     for w in (w0, _rl_update(w0, 1, size, 9), _rl_update(w0, 2, size, 9))]
+        row, cache = {"shape": list(w0.shape)}, {}
+        for step in (1, 2):
+            wt = _rl_update(w0, step, size, 9)
+            stats, _ = matrix_geometry(w0, wt, k, cache=cache)
+            (U0, _, V0h), (Ut, _, Vth) = exact_svd[0], exact_svd[step]
+            exact = {"left": principal_angles(U0[:, :k], Ut[:, :k]), "right": principal_angles(V0h[:k].T, Vth[:k].T)}
+            err = max(abs(stats[f"angle_{side}_{f}"] - float(getattr(a, f)()))
+                      for side, a in exact.items() for f in ("mean", "max"))
+            with torch.random.fork_rng():  # the former method: common random numbers for W_0 and W_t
+                old = []
+                for w in (w0, wt):
+                    torch.manual_seed(0)
+                    old.append(torch.svd_lowrank(w, q=k + 16, niter=3))
+            old_err = max(abs(float(getattr(principal_angles(old[0][i][:, :k], old[1][i][:, :k]), f)())
+                              - float(getattr(exact[side], f)()))
+                          for i, side in ((0, "left"), (2, "right")) for f in ("mean", "max"))
+            target = max(1e-5, 0.01 * min(stats["angle_left_mean"], stats["angle_right_mean"]))
+            row[f"probe{step}"] = {
+                "exact_angle_mean": float(f"{float(exact['left'].mean()):.4g}"), "error": float(f"{err:.3g}"),
+                "bound": float(f"{stats['angle_error_bound']:.3g}"), "target": float(f"{target:.3g}"),
+                "within_bound": bool(err <= stats["angle_error_bound"]), "passes": int(stats["passes"]),
+                "unresolved": int(stats["angle_unresolved"]), "unmet": int(stats["angle_bound_unmet"]),
+                "old_randomized_error": float(f"{old_err:.3g}")}
+        row["w0_passes"] = cache["svd0"].passes
+        accuracy[kind] = row
+    out["accuracy"] = accuracy
+    rows = [r[f"probe{step}"] for r in accuracy.values() for step in (1, 2)]
+    out["probe_angle_error_rad"] = max(r["error"] for r in rows)  # the largest |reported - exact| of (a)
+    out["bounds_hold"] = all(r["within_bound"] for r in rows)
+    w = spectra["mp_powerlaw"]
     runs = []
-    for _ in range(5):
+    for _ in range(3):
         t0 = time.perf_counter()
-        approx = top_svd(w, k, exact_below=1024)
+        top_svd(w, k, tol=1e-6)
         runs.append(time.perf_counter() - t0)
-    t_rand = statistics.median(runs)
     t0 = time.perf_counter()
-    U, S, Vh = torch.linalg.svd(w, full_matrices=False)
-    t_exact = time.perf_counter() - t0
-    err = max(float(principal_angles(U[:, :k], approx.U).max()), float(principal_angles(Vh[:k].T, approx.V).max()))
-    del U, S, Vh
-    # what the probe reports: W_0-vs-W_t angles, randomized vs exact, for a small update of w
-    g = torch.Generator().manual_seed(2)
-    wt = w + 0.02 * torch.randn(n, 1, generator=g) @ torch.randn(1, n, generator=g) / n \
-        + 0.002 * torch.randn(n, n, generator=g) / math.sqrt(n)
-    fast, _ = matrix_geometry(w, wt, k=k, exact_below=1024)
-    exact, _ = matrix_geometry(w, wt, k=k, exact_below=n)
-    probe_err = max(abs(fast[key] - exact[key]) for key in ("angle_left_mean", "angle_left_max", "angle_right_mean",
-                                                             "angle_right_max"))
-    del w, wt
+    torch.linalg.svd(w.double(), full_matrices=False)
+    out["exact_svd_seconds"] = round(time.perf_counter() - t0, 3)
+    out["cold_top_svd_seconds"] = round(statistics.median(runs), 4)
+    out["speed_ratio"] = round(out["exact_svd_seconds"] / out["cold_top_svd_seconds"], 1)
+    del spectra, exact_svd, w
 
-    g = torch.Generator().manual_seed(1)
-    shapes = {"q_proj": (hidden, hidden), "k_proj": (kv_dim, hidden), "v_proj": (kv_dim, hidden),
-              "o_proj": (hidden, hidden), "gate_proj": (intermediate, hidden), "up_proj": (intermediate, hidden),
-              "down_proj": (hidden, intermediate)}
-    w0s, wt = {}, {}
-    for layer in range(layers):
-        for kind, shape in shapes.items():
-            part = "self_attn" if kind in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
-            name = f"model.layers.{layer}.{part}.{kind}.weight"
-            w0s[name] = (torch.randn(*shape, generator=g) * 0.02).to(torch.bfloat16)
-            wt[name] = (w0s[name].float() + 1e-4 * torch.randn(*shape, generator=g)).to(torch.bfloat16)
-    params = sum(t.numel() for t in wt.values())
-    state: dict = {"svd0": {}}
-    t0 = time.perf_counter()
-    for name, w0 in w0s.items():  # W_0's reference SVDs: once per run, kept in the probe's state
-        state["svd0"][name] = top_svd(w0, k)
-    t_ref = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    agg = weight_geometry(WeightView((name, w0s[name], wt[name]) for name in w0s), state, k=k)
-    t_probe = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB
-    return {"bench": "weights", "svd_n": n, "k": k, "randomized_seconds": round(t_rand, 4),
-            "exact_seconds": round(t_exact, 3), "speed_ratio": round(t_exact / t_rand, 1),
-            "subspace_error_rad": float(f"{err:.3g}"), "probe_angle_error_rad": float(f"{probe_err:.3g}"),
-            "probe_angle_exact_mean_rad": float(f"{exact['angle_left_mean']:.4g}"),
-            "model": f"{layers} layers, hidden {hidden}, intermediate {intermediate}", "matrices": int(agg["n_matrices"]),
-            "matrix_params": params, "reference_svd_seconds": round(t_ref, 2), "probe_seconds": round(t_probe, 2),
-            "peak_rss_gib": round(peak, 2), "angle_left_mean": agg["angle_left_mean"],
-            "dw_rank1_energy": agg["dw_rank1_energy"], "threads": torch.get_num_threads()}
+    # (b) / (c) the full probe of a 1.5B-shaped model: one process, or split across processes (each costs minutes)
+    specs = _model_shapes(layers, hidden, intermediate, kv_dim)
+    options = dict(k=k, n_dw_sv=4, exact_below=256, abs_tol=1e-5, rel_tol=0.01, max_passes=40)
+    out["matrices"] = len(specs)
+    out["model"] = {"model": f"{layers} layers, hidden {hidden}, intermediate {intermediate}, kv {kv_dim}",
+                    "matrices": len(specs), "matrix_params": sum(a * b for (a, b), _ in specs.values())}
+    if processes <= 1:
+        out["model"].update(_bench_model_one_process(specs, size, options))
+    else:
+        out["split"] = _bench_model_split(specs, size, options, processes)
+    out["probe_seconds"] = (out["split"] if processes > 1 else out["model"])["probe2_warm_seconds"]
+    out["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)
+    return out
+
+
+_MODEL_KEYS = ("angle_left_mean", "angle_right_mean", "angle_error_bound", "angle_bound_unmet", "angle_unresolved",
+               "passes", "dw_rel_norm", "dw_rank1_energy", "n_matrices")
+
+
+def _bench_model_one_process(specs: dict, size: float, options: dict) -> dict:
+    """(b): the two probes in this process (all its threads)."""
+    from rlscope.probes import scalars_of
+    from rlscope.probes.weights import WeightView, weight_geometry
+
+    w0s = {name: _model_w0(name, *spec) for name, spec in specs.items()}
+    cache, state, model = {}, {}, {}
+    for step in (1, 2):
+        results, seconds = _probe_share(list(specs), specs, w0s, cache, step, size, options)
+        t0 = time.perf_counter()
+        agg = weight_geometry(WeightView(results=results, options=options), state, **options)
+        seconds += time.perf_counter() - t0
+        model[f"probe{step}_{'cold' if step == 1 else 'warm'}_seconds"] = round(seconds, 2)
+        sc = scalars_of(agg)
+        model[f"probe{step}"] = {key: float(f"{sc[key]:.4g}") for key in _MODEL_KEYS}
+    return model
+
+
+def _bench_model_split(specs: dict, size: float, options: dict, processes: int) -> dict:
+    """(c): the two probes with the matrices split over ``processes`` real processes (gloo, one thread each)."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "split.json")
+        mp.spawn(_split_worker, args=(processes, _free_port(), path, specs, size, options), nprocs=processes, join=True)
+        rep = json.loads(Path(path).read_text())
+    split = {"processes": processes, "threads_per_process": 1}
+    for step in (1, 2):
+        r = rep[f"probe{step}"]
+        split[f"probe{step}_{'cold' if step == 1 else 'warm'}_seconds"] = round(r["seconds"], 2)
+        split[f"probe{step}_rank_compute_seconds"] = [round(x, 2) for x in r["rank_compute_seconds"]]
+        split[f"probe{step}"] = {key: float(f"{r['scalars'][key]:.4g}") for key in _MODEL_KEYS}
+    return split
 
 
 def bench_schedules(steps: int = 40, names=("sft_then_rl", "relift", "heat_on_low_accuracy")) -> dict:

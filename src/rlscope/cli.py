@@ -116,9 +116,13 @@ def cmd_weights(ns) -> int:
         agg = {k: v for k, v in row["aggregate"].items() if "/" not in k}
         out.append({"checkpoint": row["checkpoint"], **agg})
         if not ns.json:
+            flags = [f"{int(agg[k])} matrices {k.split('_', 1)[1].replace('_', ' ')}"
+                     for k in ("angle_unresolved", "angle_bound_unmet") if agg.get(k)]
             print(f"{row['checkpoint']}: angle_left_mean {agg['angle_left_mean']:.5f}  angle_right_mean "
-                  f"{agg['angle_right_mean']:.5f}  sv_rel_change_mean {agg['sv_rel_change_mean']:.2e}  "
-                  f"dw_rank1_energy {agg['dw_rank1_energy']:.4f}  dw_dir_cos_left {agg['dw_dir_cos_left']:.4f}")
+                  f"{agg['angle_right_mean']:.5f}  (every angle within {agg['angle_error_bound']:.1e} rad of the "
+                  f"exact one{'; ' + ', '.join(flags) if flags else ''})  sv_rel_change_mean "
+                  f"{agg['sv_rel_change_mean']:.2e}  dw_rank1_energy {agg['dw_rank1_energy']:.4f}  "
+                  f"dw_dir_cos_left {agg['dw_dir_cos_left']:.4f}")
     print(json.dumps(out))
     return 0
 

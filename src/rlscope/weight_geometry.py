@@ -1,8 +1,10 @@
-"""Weight geometry plumbing: the W_0 snapshot, parameter gathering (DDP / ZeRO-3), offline checkpoints, rank-1 models.
+"""Weight geometry plumbing: the W_0 snapshot, parameter gathering (DDP / ZeRO-3), the split of the matrices across
+ranks, offline checkpoints, rank-1 models.
 
-The statistics themselves are the registered probe :func:`rlscope.probes.weights.weight_geometry`; the live source
-(:mod:`rlscope.callbacks.sources.weights`) and :func:`offline_geometry` (saved checkpoints) feed it the same view, so
-both give the same numbers.
+The statistics themselves are the registered probe :func:`rlscope.probes.weights.weight_geometry` and its per-matrix
+computation :func:`rlscope.probes.weights.matrix_results`; the live source (:mod:`rlscope.callbacks.sources.weights`,
+each rank its share of the matrices) and :func:`offline_geometry` (saved checkpoints, one process) run the same
+computation with the same per-matrix history, so both give the same numbers.
 """
 
 from __future__ import annotations
@@ -49,15 +51,34 @@ class Snapshot:
         return directory is not None and (Path(directory) / cls.INDEX).exists()
 
     @classmethod
-    def load(cls, directory) -> "Snapshot":
+    def load(cls, directory, keep=(), max_memory_bytes: int | None = None) -> "Snapshot":
+        """The snapshot in ``directory``; the matrices named in ``keep`` are read into memory up to
+        ``max_memory_bytes`` (default a quarter of RAM), the others are read from disk when asked for."""
         snap = cls(directory)
         index = json.loads((snap.dir / cls.INDEX).read_text())
         snap.names, snap.on_disk = index["names"], True
+        budget = physical_memory_bytes() // 4 if max_memory_bytes is None else max_memory_bytes
+        used = 0
+        for name in keep:
+            tensor = snap[name]
+            used += tensor.numel() * tensor.element_size()
+            if used > budget:
+                snap.mem.clear()
+                break
+            snap.mem[name] = tensor
         return snap
 
     @classmethod
-    def take(cls, pairs, directory=None, max_memory_bytes: int | None = None) -> "Snapshot":
-        """``pairs``: iterable of (name, full tensor on CPU)."""
+    def write_index(cls, directory, names: list[str]) -> None:
+        """Mark the snapshot in ``directory`` whole (written last: a snapshot without it is taken again)."""
+        from rlscope.store import atomic_write
+
+        atomic_write(Path(directory) / cls.INDEX, json.dumps({"names": list(names), "format": 1}))
+
+    @classmethod
+    def take(cls, pairs, directory=None, max_memory_bytes: int | None = None, index: bool = True) -> "Snapshot":
+        """``pairs``: iterable of (name, full tensor on CPU). ``index=False``: leave the index to the caller (ranks
+        that each write their share of the matrices; the main process writes it once all are written)."""
         from safetensors.torch import save_file
 
         snap = cls(directory)
@@ -79,10 +100,8 @@ class Snapshot:
                                   f"in-memory budget, and no snapshot directory was given to spill to")
             snap.mem.clear()  # over budget (and stays so: `used` only grows): every matrix is read back from disk
             snap.on_disk = True
-        if snap.dir is not None:
-            from rlscope.store import atomic_write
-
-            atomic_write(snap.dir / cls.INDEX, json.dumps({"names": snap.names, "format": 1}))  # last: W_0 is whole
+        if snap.dir is not None and index:
+            cls.write_index(snap.dir, snap.names)  # last: W_0 is whole
         return snap
 
     def __getitem__(self, name: str) -> torch.Tensor:
@@ -96,21 +115,38 @@ class Snapshot:
             return f.get_tensor("w")
 
 
-def full_parameters(model, names: list[str], materialize: bool = True) -> Iterator[tuple[str, torch.Tensor | None]]:
+def full_parameters(model, names: list[str], materialize=True) -> Iterator[tuple[str, torch.Tensor | None]]:
     """(name, full tensor on CPU) for each name. Under DeepSpeed ZeRO-3 each parameter is gathered on its own
-    (``GatheredParameters``, a collective: call on every rank); ``materialize=False`` takes part in the gathers
-    without copying (non-main ranks) and yields None."""
+    (``GatheredParameters``, a collective: call on every rank with the same names); ``materialize`` (a bool, or a
+    predicate of the name) False takes part in the gathers without copying and yields None."""
     params = dict(model.named_parameters())
     for name in names:
         p = params[name]
+        want = materialize(name) if callable(materialize) else materialize
         if is_partitioned(p):
             import deepspeed
 
             with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
-                full = p.data.detach().to("cpu", copy=True) if materialize else None
+                full = p.data.detach().to("cpu", copy=True) if want else None
         else:
-            full = p.detach().to("cpu", copy=True) if materialize else None
+            full = p.detach().to("cpu", copy=True) if want else None
         yield name, full
+
+
+def full_numel(param) -> int:
+    """The number of entries of a parameter, also when ZeRO-3 holds only a shard of it here."""
+    return int(getattr(param, "ds_numel", 0) or param.numel())
+
+
+def split_matrices(sizes: list[int], world: int) -> list[int]:
+    """The rank that computes each matrix: the largest first, each to the least loaded rank (ties to the lower rank)
+    -- a deterministic function of the sizes, so every rank computes the same split."""
+    load, owner = [0] * world, [0] * len(sizes)
+    for i in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+        rank = min(range(world), key=lambda r: (load[r], r))
+        owner[i] = rank
+        load[rank] += sizes[i]
+    return owner
 
 
 def load_state(path: str | Path) -> dict[str, torch.Tensor]:
@@ -130,10 +166,12 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def offline_geometry(base: str | Path, checkpoints: list[str | Path], patterns=DEFAULT_PATTERNS, k: int = 16,
-                     n_dw_sv: int = 4, exact_below: int = 1024) -> list[dict]:
-    """The live probe's numbers for saved checkpoints, in order (the direction cosine chains from one to the next):
-    per checkpoint ``{"checkpoint", "aggregate": {stat: value}, "per_matrix": {name: {stat: value}}}``."""
+def offline_geometry(base: str | Path, checkpoints: list[str | Path], patterns=DEFAULT_PATTERNS,
+                     **options) -> list[dict]:
+    """The live probe's numbers for saved checkpoints, in order (the direction cosine and the warm starts chain from
+    one to the next): per checkpoint ``{"checkpoint", "aggregate": {stat: value}, "per_matrix": {name: {stat:
+    value}}}``. ``options``: the weights probe's (``k``, ``n_dw_sv``, ``exact_below``, ``abs_tol``, ``rel_tol``,
+    ``max_passes``)."""
     w0 = load_state(base)
     names = select_matrices(list(w0), patterns)
     if not names:
@@ -145,15 +183,14 @@ def offline_geometry(base: str | Path, checkpoints: list[str | Path], patterns=D
         missing = [n for n in names if n not in wt]
         if missing:
             raise KeyError(f"checkpoint {ckpt} lacks {missing[:3]}{'...' if len(missing) > 3 else ''}")
-        result = weight_geometry(WeightView((n, w0[n], wt[n]) for n in names), state, k=k, n_dw_sv=n_dw_sv,
-                                 exact_below=exact_below)
+        result = weight_geometry(WeightView((n, w0[n], wt[n]) for n in names), state, **options)
         per = {row["matrix"]: {key: v for key, v in row.items() if key != "matrix"} for row in result["per_matrix"].rows}
         out.append({"checkpoint": str(ckpt), "aggregate": scalars_of(result), "per_matrix": per})
     return out
 
 
 def rank1_state(w0: dict[str, torch.Tensor], wf: dict[str, torch.Tensor], names: list[str],
-                exact_below: int = 1024) -> dict[str, torch.Tensor]:
+                exact_below: int = 256) -> dict[str, torch.Tensor]:
     """W_0 + ||dW||_F u_1 v_1^T for each named matrix: dW's rank-1 part rescaled to the full update's norm (AlphaRL,
     Cai et al. 2025); every other parameter stays at W_0."""
     out = {}
@@ -164,13 +201,13 @@ def rank1_state(w0: dict[str, torch.Tensor], wf: dict[str, torch.Tensor], names:
         if fro == 0:
             out[n] = w0[n].clone()
             continue
-        svd = top_svd(dw, 1, exact_below)
-        out[n] = (a + fro * torch.outer(svd.U[:, 0], svd.V[:, 0])).to(w0[n].dtype)
+        svd = top_svd(dw, 1, exact_below, tol=1e-4)
+        out[n] = (a + fro * torch.outer(svd.U[:, 0].float(), svd.V[:, 0].float())).to(w0[n].dtype)
     return out
 
 
 def rank1_recovery(base: str | Path, final: str | Path, task, patterns=DEFAULT_PATTERNS, n_samples: int = 8,
-                   seed: int = 0, exact_below: int = 1024) -> dict:
+                   seed: int = 0, exact_below: int = 256) -> dict:
     """AlphaRL's experiment (Cai et al. 2025): evaluate W_0 + rank-1(dW) on the task's held-out split.
 
     Four models, greedy and sampled pass@1 each: ``base``, ``final``, ``selected`` (W_0 with the full update on the

@@ -9,19 +9,50 @@ singular direction recovers > 99% of the RL gain -- and that this direction evol
 Per matrix (top-k subspaces):
 * ``angle_left_*`` / ``angle_right_*``: principal angles (radians) between span(U_0[:, :k]) and span(U_t[:, :k]) (resp.
   V), from the singular values of U_0^T U_t (Bjorck & Golub); mean and max over the k angles;
+* ``angle_error_bound``: every reported angle is within this of the angle between the *exact* top-k subspaces (see
+  below); ``angle_unresolved`` = 1 when sigma_k and sigma_{k+1} of W_0 or W_t are not separated, so that no top-k
+  subspace is defined to measure (the angles are then NaN, not a number without meaning); ``angle_bound_unmet`` = 1
+  when the bound did not reach its target within ``max_passes``; ``passes``: passes over W_t this probe;
 * ``sv_rel_change_*``: (s_t[i] - s_0[i]) / s_0[i] for the top-k singular values; mean |.| and max |.|;
 * ``dw_sigma1`` ... : the top singular values of dW; ``dw_rank1_energy`` = sigma_1^2 / ||dW||_F^2 (the Frobenius
-  norm exact, from all entries); ``dw_stable_rank`` = ||dW||_F^2 / sigma_1^2; ``dw_rel_norm`` = ||dW||_F / ||W_0||_F;
+  norm exact, from all entries, squares accumulated in float64); ``dw_stable_rank`` = ||dW||_F^2 / sigma_1^2;
+  ``dw_rel_norm`` = ||dW||_F / ||W_0||_F;
 * ``dw_dir_cos_left`` / ``_right``: |<u_1, u_1_prev>| (sign-aligned cosine) of dW's top singular vectors with those
   of the previous probe -- near 1 when the dominant direction evolves linearly.
 
-Exact SVD (``torch.linalg.svd``) for small matrices, randomized (``torch.svd_lowrank`` with oversampling and power
-iterations, Halko et al. 2011) for large ones.
+How the subspaces are computed (:func:`top_svd`). Matrices whose smaller side is at most ``exact_below`` get a dense
+float64 eigendecomposition of their Gram matrix. Larger ones get a block Krylov method on H = A^T A (A oriented tall,
+so the vectors live in the smaller dimension) with Rayleigh-Ritz after every pass over the matrix (the residual
+directions extend the block; thick restart keeps the best d = k + ``oversample`` Ritz vectors): passes in float32 until
+the estimated bound is within 2x of its target, then one pass in float64 over the Ritz vectors and a last block of
+residual directions that certifies it (Rayleigh-Ritz and residuals in float64: float32 rounding alone would leave the
+residuals ~1e-7 relative, too coarse for a 1e-5 bound at a few % gap); when float32 rounding keeps the bound from
+the target, the method goes on in float64. Warm starts: W_t starts from the previous probe's Ritz vectors (at the
+first probe from W_0's), dW from its previous ones; W_0 is computed once per run (cold, from a seeded Gaussian block)
+to 0.1 x ``abs_tol``. dW's top singular triplets are computed the same way in float32 only, until its top direction
+is within ~1e-3 rad (estimated) or 6 passes: they carry no bound.
 
-The registered probe ``weights`` (source ``weights``) reads a :class:`WeightView` -- the selected matrices with their
-W_0, streamed one at a time -- and remembers each matrix's top-k SVD of W_0 and dW's last top singular vectors in its
-state. Live, :mod:`rlscope.callbacks.sources.weights` builds the view from the training model (gathering ZeRO-3
-shards); offline, :func:`rlscope.weight_geometry.offline_geometry` builds it from saved checkpoints.
+The error bound (:func:`ritz_bound`). For Ritz pairs (theta_i, y_i) of H from a subspace Q with residuals
+r_i = H y_i - theta_i y_i (orthogonal to Q), the Davis-Kahan sin-theta theorem (Davis & Kahan 1970; for singular
+subspaces Wedin 1972) bounds the sine of the largest angle between span(y_1..y_k) and the exact top-k eigenspace by
+||R_k||_2 / (theta_k - lambda_{k+1}). Because R_k is orthogonal to Q, the part of it along the next few exact
+eigenvectors x_{k+1..k+s} (which Q nearly contains) is much smaller: splitting the complement into those ("near")
+and the rest ("far") gives ||R_k|| * sqrt((eps_s / (theta_k - lambda_{k+1}))^2 + 1 / (theta_k - lambda_{k+s+1})^2),
+eps_s the Davis-Kahan bound of the k+s block; the smallest over s is used (s = 0 is the plain theorem; the
+refinement is in the spirit of Knyazev 1997, "New estimates for Ritz vectors"). The left vectors u_i = A y_i / sigma_i
+have an error at most sigma_{k+1} / sigma_k times that of the right ones, so one bound covers both sides. The
+eigenvalues lambda_j of the exact H above are bounded by theta_j + ||r_j|| (Kahan), which holds as long as the Krylov
+space has not missed an eigenvalue altogether -- the standing assumption of Krylov and randomized methods (the tests
+check the bound against exact SVD on power-law, flat and 1/i spectra). An angle between W_0's and W_t's computed
+subspaces then differs from the one between the exact subspaces by at most asin(bound_0) + asin(bound_t): the
+principal angles are 1-Lipschitz in each subspace for the largest-angle metric (Qiu, Zhang & Li 2005; Knyazev &
+Argentati 2006). The refinement stops once that is below max(``abs_tol``, ``rel_tol`` x the smaller mean angle).
+
+The registered probe ``weights`` (source ``weights``) reads a :class:`WeightView`: the selected matrices with their
+W_0, streamed one at a time (offline: :func:`rlscope.weight_geometry.offline_geometry`, which computes them with the
+same :func:`matrix_results`), or the per-matrix results already computed (live: each rank computes its share of the
+matrices with :func:`matrix_results`, :mod:`rlscope.callbacks.sources.weights`). Either way the probe aggregates them
+and computes the direction cosines against the previous probe's directions, which it keeps in ``state``.
 """
 
 from __future__ import annotations
@@ -29,8 +60,9 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
-from dataclasses import dataclass
-from typing import Iterable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
 
 import torch
 
@@ -42,15 +74,32 @@ DEFAULT_PATTERNS = ("*.q_proj.weight", "*.k_proj.weight", "*.v_proj.weight", "*.
 KINDS = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "gate_proj": "gate", "up_proj": "up",
          "down_proj": "down"}
 _LAYER = re.compile(r"(?:layers|h|blocks)\.(\d+)\.")
+ABS_TOL, REL_TOL, MAX_PASSES = 1e-5, 0.01, 40
+W0_TOL_SHARE = 0.1  # W_0 (computed once) is refined to this share of abs_tol, leaving the rest of the budget to W_t
+DW_DIR_TOL, DW_MAX_PASSES = 1e-3, 6  # dW: until its top direction is within DW_DIR_TOL rad (estimated), or the cap
+_RESTART_BLOCKS = 6  # blocks in the Krylov space before a thick restart
+_F32_EPS = float(torch.finfo(torch.float32).eps)
+CERT_EXTEND = 16  # the float64 pass also takes this many residual directions (a last Krylov step)
+CERTIFY_AT = 2.0  # the float64 pass certifies once the float32 estimate of the bound is below this x the target
 
 
 @dataclass
 class TopSVD:
-    """Top-k singular triplets: ``U`` (m, k), ``S`` (k,), ``V`` (n, k), as float32/float64 on CPU or device."""
+    """Top-k singular triplets ``U`` (m, k), ``S`` (k,), ``V`` (n, k) in float64, with what the computation knows of
+    their error: ``bound`` -- the sine of the largest angle between span(U) (and span(V)) and the exact top-k singular
+    subspace is at most this (inf: sigma_k and sigma_{k+1} are not resolved apart; see :func:`ritz_bound`);
+    ``rel_gap`` -- (sigma_k^2 - the estimated upper bound of sigma_{k+1}^2) / sigma_k^2; ``passes`` -- passes over the
+    matrix; ``basis`` -- the best d Ritz vectors in the matrix's smaller dimension (float32), a warm start for the
+    next call; ``certified`` -- whether ``bound`` comes from float64 residuals (dense, or the last pass in float64)."""
 
     U: torch.Tensor
     S: torch.Tensor
     V: torch.Tensor
+    bound: float = 0.0
+    rel_gap: float = math.nan
+    passes: int = 0
+    basis: torch.Tensor | None = None
+    certified: bool = True
 
 
 def select_matrices(names, patterns=DEFAULT_PATTERNS) -> list[str]:
@@ -72,26 +121,345 @@ def layer_of(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def top_svd(w: torch.Tensor, k: int, exact_below: int = 1024, oversample: int = 16, niter: int = 3,
-            seed: int = 0) -> TopSVD:
-    """Top-``k`` SVD of ``w``: exact when min(m, n) <= ``exact_below``, else randomized (seeded).
+def sq_norm(t: torch.Tensor) -> float:
+    """||t||_F^2 with the squares accumulated in float64 (a float32 accumulation is off by ~1e-3 relative at 8960 x
+    1536). On CPU in blocks that stay in cache (4x faster than converting the whole tensor)."""
+    t = t.detach()
+    if t.is_cuda or t.numel() <= 1 << 16:
+        return float(torch.linalg.vector_norm(t, dtype=torch.float64)) ** 2
+    flat = t.reshape(-1)
+    total = torch.zeros((), dtype=torch.float64)
+    for part in flat.split(1 << 16):
+        total += torch.linalg.vector_norm(part, dtype=torch.float64).square()
+    return float(total)
 
-    The randomized path always starts from the same seeded Gaussian test matrix ("common random numbers"): W_0 and
-    W_t, which differ little, then carry nearly the same approximation error, which cancels in the principal angles
-    between their subspaces. Measured on a 4096 x 4096 matrix with a 1/i spectrum: each top-16 subspace is within
-    ~1e-2 rad of the exact one after 3 power iterations, the W_0-vs-W_t angles within ~3e-5 rad of their exact values
-    (``rlscope bench weights`` prints both).
+
+_ALL_THREADS: list[int] = []  # the thread count outside small_ops (a stack: small_ops may nest)
+
+
+@contextmanager
+def small_ops():
+    """Run the small dense algebra (n x 100 matrices, eigh of 100 x 100) on one thread: waking OpenMP threads for it
+    costs more than the work, and on a busy machine far more (a 200 x 200 eigh on 2 threads of 2 busy cores: ~200 ms
+    instead of ~1 ms). The passes over the matrices go back to all threads (:func:`all_threads`)."""
+    full = torch.get_num_threads()
+    _ALL_THREADS.append(_ALL_THREADS[-1] if _ALL_THREADS else full)
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        _ALL_THREADS.pop()
+        torch.set_num_threads(full)
+
+
+@contextmanager
+def all_threads():
+    """Inside :func:`small_ops`: all threads again, for a pass over a matrix (a no-op outside it)."""
+    now, full = torch.get_num_threads(), (_ALL_THREADS[-1] if _ALL_THREADS else None)
+    if full is None or full == now:
+        yield
+        return
+    torch.set_num_threads(full)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(now)
+
+
+# -- the error bound ---------------------------------------------------------------------------------------------------
+
+
+def ritz_bound(theta: torch.Tensor, R: torch.Tensor, k: int) -> tuple[float, float]:
+    """A bound on the sine of the largest angle between the top-k Ritz vectors and the exact top-k eigenspace of a
+    symmetric H (here A^T A), and the relative gap it rests on.
+
+    ``theta``: the Ritz values (descending, d of them); ``R``: their residuals H y_i - theta_i y_i as columns, each
+    orthogonal to the Rayleigh-Ritz subspace. Davis-Kahan (1970): sin <= ||R_k|| / (theta_k - lambda_{k+1}); refined
+    (module docstring) with the next s Ritz vectors: ||R_k|| sqrt((eps_s / (theta_k - lambda_{k+1}))^2 +
+    (1 / (theta_k - lambda_{k+s+1}))^2), eps_s = min(1, ||R_{k+s}|| / (theta_{k+s} - lambda_{k+s+1})); the smallest
+    over s. lambda_j <= theta_j + ||r_j|| (Kahan). Returns (inf, gap) when theta_k is not above that bound of
+    lambda_{k+1}; (0, nan) when there is no complement (k >= d).
     """
-    k = min(k, *w.shape)
-    if min(w.shape) <= exact_below:  # small: exact, in float64 (reproducible across thread counts to ~1e-12)
-        U, S, Vh = torch.linalg.svd(w.detach().to(torch.float64), full_matrices=False)
-        return TopSVD(U[:, :k], S[:k], Vh[:k].T)
-    w = w.detach().to(torch.float32)
-    devices = [w.device] if w.is_cuda else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        U, S, V = torch.svd_lowrank(w, q=min(k + oversample, *w.shape), niter=niter)
-    return TopSVD(U[:, :k], S[:k], V[:, :k])
+    d = theta.numel()
+    if k >= d:
+        return 0.0, math.nan
+    G = R.T @ R  # spectral norms of the leading column blocks from their d x d Gram matrix
+
+    def norm2(j: int) -> float:
+        return math.sqrt(max(float(torch.linalg.eigvalsh(G[:j, :j])[-1]), 0.0))
+
+    th = theta.tolist()
+    lam = (theta + G.diagonal().clamp(min=0).sqrt()).tolist()  # upper bounds of the exact eigenvalues
+    near = th[k - 1] - lam[k]
+    if not near > 0:
+        return math.inf, near / max(th[k - 1], 1e-300)
+    rk = norm2(k)
+    best = rk / near
+    for s in range(1, d - k):
+        far, block = th[k - 1] - lam[k + s], th[k + s - 1] - lam[k + s]
+        if far <= 0 or block <= 0:
+            continue
+        eps = min(1.0, norm2(k + s) / block)
+        best = min(best, rk * math.sqrt((eps / near) ** 2 + 1.0 / far ** 2))
+    return best, near / th[k - 1]
+
+
+def angle_error(bound0: float, bound_t: float) -> float:
+    """The largest error of any principal angle between two computed subspaces whose errors (sines of their largest
+    angles to the exact subspaces) are at most ``bound0`` and ``bound_t`` (Qiu, Zhang & Li 2005)."""
+    return math.asin(min(1.0, bound0)) + math.asin(min(1.0, bound_t))
+
+
+# -- top-k singular triplets -------------------------------------------------------------------------------------------
+
+
+def _orth(x: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.qr(x).Q
+
+
+class _Gram:
+    """H = A^T A for A = ``w`` oriented tall (``w.T`` when ``w`` is wide), applied to blocks in float32 or float64.
+
+    The products are laid out so that the large matrix is always the row-major operand (``w.T @ Y`` is several times
+    slower than ``(Y.T @ w).T`` on CPU BLAS). Float64 products of a float32 matrix on CPU convert it in blocks of
+    rows that stay in cache instead of making a float64 copy (as fast, and no extra 8 bytes per entry)."""
+
+    CHUNK_BYTES = 1 << 20
+
+    def __init__(self, w: torch.Tensor):
+        self.wide = w.shape[0] < w.shape[1]
+        self.n = min(w.shape)
+        self.w32 = w if w.dtype == torch.float32 else w.float()
+        self.w64 = w if w.dtype == torch.float64 else None
+        self.passes = 0
+
+    def apply(self, X: torch.Tensor, double: bool, want_ax: bool = True):
+        """(A X or None, A^T A X) for ``X`` (n, b) float64; float64 results; on all threads."""
+        self.passes += 1
+        with all_threads():
+            return self._apply(X, double, want_ax)
+
+    def _apply(self, X: torch.Tensor, double: bool, want_ax: bool):
+        if double and self.w64 is None and not self.w32.is_cuda:
+            return self._blocked64(X, want_ax)
+        if double:
+            w, x = (self.w64 if self.w64 is not None else self.w32.double()), X
+        else:
+            w, x = self.w32, X.float()
+        if self.wide:  # A = w^T: A X = (X^T w)^T, A^T Y = w Y
+            Y = (x.T @ w).T
+            Z = w @ Y
+        else:  # A = w: A X = w X, A^T Y = (Y^T w)^T
+            Y = w @ x
+            Z = (Y.T @ w).T
+        return (Y.double() if want_ax else None), Z.double()
+
+    def _blocked64(self, X: torch.Tensor, want_ax: bool):
+        w = self.w32
+        rows = max(8, self.CHUNK_BYTES // (8 * self.n))
+        big = w.shape[1] if self.wide else w.shape[0]
+        Ys = []
+        if self.wide:  # A = w^T: Y^T = X^T w and Z = w Y, each a sweep over w's (contiguous) rows
+            rows = max(1, self.CHUNK_BYTES // (8 * big))
+            Yt = torch.zeros(X.shape[1], big, dtype=torch.float64)
+            for i in range(0, self.n, rows):
+                Yt.addmm_(X[i:i + rows].T, w[i:i + rows].double())
+            Y = Yt.T
+            Z = torch.cat([w[i:i + rows].double() @ Y for i in range(0, self.n, rows)])
+            return (Y if want_ax else None), Z
+        else:
+            Zt = torch.zeros(X.shape[1], self.n, dtype=torch.float64)
+            for i in range(0, big, rows):
+                c = w[i:i + rows].double()
+                y = c @ X
+                Zt.addmm_(y.T, c)
+                Ys.append(y)
+            Z = Zt.T
+        return (torch.cat(Ys) if want_ax else None), Z
+
+    def times(self, X: torch.Tensor) -> torch.Tensor:
+        """A X in float64 (not counted as a pass: a few columns, for the left vectors)."""
+        w = self.w64 if self.w64 is not None else self.w32
+        x = X if w.dtype == torch.float64 else X.to(w.dtype)
+        return ((x.T @ w).T if self.wide else w @ x).double()
+
+
+def _extend(Q: torch.Tensor, N: torch.Tensor) -> torch.Tensor | None:
+    """An orthonormal block spanning what ``N`` adds to span(Q) (None when nothing: the space is invariant)."""
+    scale = float(N.norm()) or 1.0
+    for _ in range(2):
+        N = N - Q @ (Q.T @ N)
+    keep = N.norm(dim=0) > 1e-10 * scale
+    if not bool(keep.any()):
+        return None
+    B = _orth(N[:, keep])
+    B = B - Q @ (Q.T @ B)
+    return _orth(B)
+
+
+class _Space:
+    """The Krylov space: an orthonormal basis Q, H Q, optionally A Q, and T = Q^T H Q, grown a block at a time in
+    preallocated buffers (no re-concatenation, T updated by its new rows and columns only)."""
+
+    def __init__(self, n: int, m: int, cap: int, keep_ax: bool, device):
+        f64 = dict(dtype=torch.float64, device=device)
+        self.Q, self.HQ = torch.empty(n, cap, **f64), torch.empty(n, cap, **f64)
+        self.AQ = torch.empty(m, cap, **f64) if keep_ax else None
+        self.T = torch.empty(cap, cap, **f64)
+        self.c = 0
+
+    def add(self, X, HX, AX) -> None:
+        c, b = self.c, X.shape[1]
+        self.Q[:, c:c + b], self.HQ[:, c:c + b] = X, HX
+        if self.AQ is not None:
+            self.AQ[:, c:c + b] = AX
+        self.c = c + b
+        col = self.Q[:, :c + b].T @ HX
+        self.T[:c + b, c:c + b] = col
+        self.T[c:c + b, :c] = col[:c].T
+
+    def reset(self, V, HV, AV, theta) -> None:
+        """Thick restart (or a new start) from Ritz vectors: T is their Ritz values."""
+        b = V.shape[1]
+        self.Q[:, :b], self.HQ[:, :b] = V, HV
+        if self.AQ is not None and AV is not None:
+            self.AQ[:, :b] = AV
+        self.T[:b, :b] = torch.diag(theta)
+        self.c = b
+
+    def ritz(self, d: int):
+        """Ritz values (descending, d), Ritz vectors V, H V, A V (or None)."""
+        c = self.c
+        T = self.T[:c, :c]
+        theta, W = torch.linalg.eigh((T + T.T) / 2)
+        theta, W = theta.flip(0)[:d], W.flip(1)[:, :d]
+        AV = self.AQ[:, :c] @ W if self.AQ is not None else None
+        return theta, self.Q[:, :c] @ W, self.HQ[:, :c] @ W, AV
+
+
+def _triplets(op: _Gram, theta, V, AV, k, bound, rel_gap, passes, basis, certified) -> TopSVD:
+    s = theta[:k].clamp(min=0).sqrt()
+    U = AV[:, :k] / torch.where(s > 0, s, torch.ones_like(s))
+    V = V[:, :k]
+    if op.wide:  # the Krylov vectors live in w's row space: w = U S V^T with U the small side
+        U, V = V, U
+    return TopSVD(U, s, V, bound, rel_gap, passes, None if basis is None else basis.float(), certified)
+
+
+def _dense(op: _Gram, k: int, d: int) -> TopSVD:
+    """Exact (float64) top-k triplets from the eigendecomposition of the n x n Gram matrix."""
+    with all_threads():
+        w = op.w64 if op.w64 is not None else op.w32.double()
+        H = w @ w.T if op.wide else w.T @ w
+    theta, W = torch.linalg.eigh(H)
+    theta, W = theta.flip(0), W.flip(1)
+    d = min(d, op.n)
+    R = H @ W[:, :d] - W[:, :d] * theta[:d]
+    bound, gap = ritz_bound(theta[:d], R, k) if k < op.n else (0.0, math.nan)
+    AV = (W[:, :k].T @ w).T if op.wide else w @ W[:, :k]
+    return _triplets(op, theta, W, AV, k, bound, gap, 0, None, True)
+
+
+def top_svd(w: torch.Tensor, k: int, exact_below: int = 256, oversample: int = 8, start: torch.Tensor | None = None,
+            tol: float | Callable = 1e-6, max_passes: int = MAX_PASSES, seed: int = 0,
+            dir_tol: float | None = None) -> TopSVD:
+    """Top-``k`` singular triplets of ``w`` with a bound on their subspaces' error (:class:`TopSVD`).
+
+    Dense (float64, exact) when min(m, n) <= ``exact_below``; otherwise block Krylov with Rayleigh-Ritz (module
+    docstring) from ``start`` (a previous :attr:`TopSVD.basis`) or a seeded Gaussian block, until ``bound`` <= ``tol``
+    or ``max_passes``. ``tol`` is a number or ``tol(U, V)`` of the current candidate's top-k vectors (either may be
+    None: before the float64 pass only the smaller side's are known). With ``dir_tol`` (for dW) it stops instead when
+    the estimated bound on the top singular vectors' angle is below ``dir_tol``, in float32 only (``certified``
+    False).
+    """
+    w = w.detach()
+    op = _Gram(w)
+    k = min(k, op.n)
+    d = min(op.n, k + oversample)
+    if op.n <= exact_below or d >= op.n:
+        return _dense(op, k, d)
+    given = tol if callable(tol) else (lambda U, V, _t=float(tol): _t)
+    with small_ops():
+        return _krylov(op, w, k, d, start, given, max_passes, seed, dir_tol)
+
+
+def _krylov(op: _Gram, w: torch.Tensor, k: int, d: int, start, given: Callable, max_passes: int, seed: int,
+            dir_tol: float | None) -> TopSVD:
+    """The block Krylov iteration of :func:`top_svd`."""
+
+    def target(V: torch.Tensor, cand: TopSVD | None = None) -> float:
+        if cand is not None:
+            return given(cand.U, cand.V)
+        small = V[:, :k]
+        return given(small, None) if op.wide else given(None, small)
+
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(op.n, d, generator=g, dtype=torch.float64).to(w.device)
+    if start is not None:
+        start = start.to(device=w.device, dtype=torch.float64)[:, :d]
+        X = torch.cat([start, X[:, start.shape[1]:]], dim=1)
+    X = _orth(X)
+    keep_ax = dir_tol is not None  # A Q is needed for the left vectors only when this stage returns them
+    space = _Space(op.n, max(w.shape), _RESTART_BLOCKS * d, keep_ax, w.device)
+    double, history, goal = False, [], None
+
+    def certify(V, R):
+        """One pass in float64 over the Ritz vectors and their residual directions (a last Krylov step): Rayleigh-Ritz
+        and residuals in float64."""
+        N = _extend(V, R[:, :CERT_EXTEND]) if CERT_EXTEND else None
+        C = V if N is None else torch.cat([V, N], dim=1)
+        AX, HX = op.apply(C, True)
+        T = C.T @ HX
+        theta, W2 = torch.linalg.eigh((T + T.T) / 2)
+        theta, W2 = theta.flip(0)[:d], W2.flip(1)[:, :d]
+        V, HV, AV = C @ W2, HX @ W2, AX @ W2
+        R = HV - V * theta
+        bound, gap = ritz_bound(theta, R, k)
+        return _triplets(op, theta, V, AV, k, bound, gap, op.passes, V, True), theta, V, HV, AV, R, bound
+
+    while True:
+        AX, HX = op.apply(X, double, want_ax=keep_ax or double)
+        space.add(X, HX, AX)
+        theta, V, HV, AV = space.ritz(d)
+        R = HV - V * theta
+        bound, gap = ritz_bound(theta, R, k)
+        out_of_passes = op.passes >= max_passes
+        if dir_tol is not None:  # dW: its top direction to dir_tol, float32 estimates
+            if out_of_passes or ritz_bound(theta, R, 1)[0] <= dir_tol:
+                return _triplets(op, theta, V, AV, k, bound, gap, op.passes, V, False)
+        elif double:  # float64 products: the bound is certified
+            if out_of_passes or bound <= target(V):
+                cand = _triplets(op, theta, V, AV, k, bound, gap, op.passes, V, True)
+                if out_of_passes or bound <= target(V, cand):
+                    return cand
+        else:
+            history.append(bound)
+            # stalled: no progress over three passes, or over one pass where float32 rounding can be what stops it
+            floor = _F32_EPS * float(theta[0]) / max(gap * float(theta[k - 1]), 1e-300) if gap > 0 else math.inf
+            stalled = ((len(history) >= 3 and math.isfinite(history[-3]) and history[-1] > 0.5 * history[-3])
+                       or (len(history) >= 2 and history[-1] > 0.5 * history[-2] and history[-1] < 10 * floor))
+            if math.isfinite(bound) and (goal is None or bound <= 20 * goal):  # the target moves little: re-read it
+                goal = target(V)  # only near it (it costs two SVDs of n x k)
+            near = goal is not None and bound <= CERTIFY_AT * goal
+            if near or stalled or op.passes >= max_passes - 1:
+                cand, theta, V, HV, AV, R, bound = certify(V, R)
+                if op.passes >= max_passes or bound <= target(V, cand):
+                    return cand
+                # the float32 estimate held (float32 rounding not yet in the way): more float32 passes from here;
+                # otherwise go on in float64
+                double = not bound <= history[-1]
+                if double and space.AQ is None:
+                    space.AQ = torch.empty(max(w.shape), space.Q.shape[1], dtype=torch.float64, device=w.device)
+                space.reset(V, HV, AV, theta)
+                history = []
+        if space.c + d > space.Q.shape[1]:  # thick restart: keep the d best Ritz vectors and their products
+            space.reset(V, HV, AV, theta)
+        X = _extend(space.Q[:, :space.c], R)
+        if X is None:  # the space is invariant: nothing left to gain
+            if double or dir_tol is not None:
+                return _triplets(op, theta, V, op.times(V) if AV is None else AV, k, bound, gap, op.passes, V,
+                                 double)
+            return certify(V, R)[0]
 
 
 def principal_angles(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -101,7 +469,7 @@ def principal_angles(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     as in Bjorck & Golub (1973) and scipy.linalg.subspace_angles, angles below pi/4 come from the sines: the singular
     values of b - a (a^T b).
     """
-    a, b = a.to(torch.float64), b.to(torch.float64)
+    a, b = a.to(torch.float64), b.to(torch.float64).to(a.device)
     ab = a.T @ b
     cos = torch.linalg.svdvals(ab).clamp(-1.0, 1.0)  # descending -> angles ascending
     sin = torch.linalg.svdvals(b - a @ ab).clamp(-1.0, 1.0).flip(0)  # ascending -> angles ascending
@@ -109,51 +477,150 @@ def principal_angles(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(small, torch.arcsin(sin), torch.arccos(cos)).sort().values
 
 
-def matrix_geometry(w0: torch.Tensor, wt: torch.Tensor, k: int = 16, svd0: TopSVD | None = None,
-                    prev_dir: tuple[torch.Tensor, torch.Tensor] | None = None, n_dw_sv: int = 4,
-                    exact_below: int = 1024) -> tuple[dict[str, float], tuple[torch.Tensor, torch.Tensor]]:
-    """The per-matrix statistics (see the module docstring) and dW's top singular vectors (for the next call)."""
-    if w0.shape != wt.shape:
-        raise ValueError(f"weight geometry: W_0 {tuple(w0.shape)} and W_t {tuple(wt.shape)} differ in shape")
-    w0 = w0.detach().to(torch.float32)
-    wt = wt.detach().to(torch.float32).to(w0.device)
-    svd0 = svd0 or top_svd(w0, k, exact_below)
-    svdt = top_svd(wt, k, exact_below)
-    out: dict[str, float] = {}
+# -- one matrix --------------------------------------------------------------------------------------------------------
+
+
+def _angle_stats(svd0: TopSVD, svdt: TopSVD) -> dict[str, float]:
+    out = {}
     for side, a, b in (("left", svd0.U, svdt.U), ("right", svd0.V, svdt.V)):
         ang = principal_angles(a, b)
         out[f"angle_{side}_mean"] = float(ang.mean())
         out[f"angle_{side}_max"] = float(ang.max())
-    rel = (svdt.S.double() - svd0.S.double()) / svd0.S.double().clamp(min=1e-30)
+    return out
+
+
+def angle_target(angle: float, abs_tol: float = ABS_TOL, rel_tol: float = REL_TOL) -> float:
+    """The error an angle may carry: max(``abs_tol``, ``rel_tol`` x the angle)."""
+    return max(abs_tol, rel_tol * angle) if math.isfinite(angle) else abs_tol
+
+
+def direction_cosines(dirs, prev_dir) -> dict[str, float]:
+    """|cos| between dW's top singular vectors ``dirs`` = (u_1, v_1) and the previous probe's (NaN without either)."""
+    if dirs is None or prev_dir is None:
+        return {"dw_dir_cos_left": math.nan, "dw_dir_cos_right": math.nan}
+    u1, v1 = dirs[0].double(), dirs[1].double()
+    return {"dw_dir_cos_left": float((u1 @ prev_dir[0].double().to(u1.device)).abs()),
+            "dw_dir_cos_right": float((v1 @ prev_dir[1].double().to(v1.device)).abs())}
+
+
+def matrix_geometry(w0: torch.Tensor, wt: torch.Tensor, k: int = 16, svd0: TopSVD | None = None,
+                    prev_dir: tuple[torch.Tensor, torch.Tensor] | None = None, n_dw_sv: int = 4,
+                    exact_below: int = 256, cache: dict | None = None, abs_tol: float = ABS_TOL,
+                    rel_tol: float = REL_TOL, max_passes: int = MAX_PASSES
+                    ) -> tuple[dict[str, float], tuple[torch.Tensor, torch.Tensor] | None]:
+    """The per-matrix statistics (module docstring) and dW's top singular vectors (u_1, v_1) for the next call's
+    direction cosines (None when dW = 0).
+
+    ``cache`` (a dict per matrix, kept between calls) holds what the next call reuses: W_0's triplets, ||W_0||_F^2
+    and the warm-start bases of W_t and dW. ``svd0`` (W_0's triplets) may be given instead.
+    """
+    with small_ops():
+        return _matrix_geometry(w0, wt, k, svd0, prev_dir, n_dw_sv, exact_below, cache, abs_tol, rel_tol, max_passes)
+
+
+def _matrix_geometry(w0, wt, k, svd0, prev_dir, n_dw_sv, exact_below, cache, abs_tol, rel_tol, max_passes):
+    if w0.shape != wt.shape:
+        raise ValueError(f"weight geometry: W_0 {tuple(w0.shape)} and W_t {tuple(wt.shape)} differ in shape")
+    if w0.dim() != 2:
+        raise ValueError(f"weight geometry: a matrix is needed, got a tensor of shape {tuple(w0.shape)}")
+    cache = {} if cache is None else cache
+    keep64 = w0.dtype == torch.float64 and wt.dtype == torch.float64
+    work = torch.float64 if keep64 else torch.float32
+    with all_threads():  # conversions and the difference: memory-bound passes over the matrices
+        w0 = w0.detach().to(work)
+        wt = wt.detach().to(device=w0.device, dtype=work)
+    if svd0 is not None:
+        cache["svd0"] = svd0
+    if "svd0" not in cache:
+        cache["svd0"] = top_svd(w0, k, exact_below, tol=W0_TOL_SHARE * abs_tol, max_passes=max(max_passes, 60))
+    if "fro0" not in cache:
+        with all_threads():
+            cache["fro0"] = sq_norm(w0)
+    s0 = cache["svd0"]
+    e0 = math.asin(min(1.0, s0.bound)) if math.isfinite(s0.bound) else math.inf
+    resolved0 = math.isfinite(e0)
+
+    def tol(U, V):
+        if not resolved0:  # no top-k subspace of W_0 to compare with: singular values only
+            return 1e-3
+        means = [float(principal_angles(a, b).mean()) for a, b in ((s0.U, U), (s0.V, V)) if b is not None]
+        room = angle_target(min(means), abs_tol, rel_tol) - e0
+        return math.sin(room) if room > 0 else 0.1 * abs_tol
+
+    svdt = top_svd(wt, k, exact_below, start=cache.get("basis_t", s0.basis), tol=tol, max_passes=max_passes)
+    cache["basis_t"] = svdt.basis
+    out: dict[str, float] = _angle_stats(s0, svdt)
+    err = angle_error(s0.bound, svdt.bound) if resolved0 and math.isfinite(svdt.bound) else math.nan
+    unresolved = not math.isfinite(err)
+    if unresolved:
+        for key in list(out):
+            out[key] = math.nan
+    out["angle_error_bound"] = err
+    out["angle_unresolved"] = float(unresolved)
+    need = angle_target(min(out["angle_left_mean"], out["angle_right_mean"]), abs_tol, rel_tol)
+    out["angle_bound_unmet"] = float(not unresolved and err > need)
+    out["passes"] = float(svdt.passes)
+    rel = (svdt.S - s0.S.to(svdt.S.device)) / s0.S.to(svdt.S.device).clamp(min=1e-30)
     out["sv_rel_change_mean"] = float(rel.abs().mean())
     out["sv_rel_change_max"] = float(rel.abs().max())
-    dw = wt - w0
-    fro2 = float(torch.linalg.vector_norm(dw)) ** 2  # float32 with torch's cascaded summation: rel. error ~1e-6
-    out["dw_rel_norm"] = math.sqrt(fro2) / max(float(torch.linalg.vector_norm(w0)), 1e-30)
-    svd_dw = top_svd(dw, max(n_dw_sv, 1), exact_below)
+    with all_threads():
+        dw = wt - w0
+        fro2 = sq_norm(dw)
+    out["dw_rel_norm"] = math.sqrt(fro2 / cache["fro0"]) if cache["fro0"] > 0 else math.nan
+    n = max(n_dw_sv, 1)
+    if fro2 == 0:  # no update yet: flagged by NaN, not a fake number
+        for i in range(1, n_dw_sv + 1):
+            out[f"dw_sigma{i}"] = 0.0
+        out["dw_rank1_energy"] = out["dw_stable_rank"] = math.nan
+        out.update(direction_cosines(None, None))
+        return out, None
+    svd_dw = top_svd(dw, n, exact_below, oversample=4, start=cache.get("basis_dw"),
+                     max_passes=min(max_passes, DW_MAX_PASSES), dir_tol=DW_DIR_TOL)
+    cache["basis_dw"] = svd_dw.basis
     for i, s in enumerate(svd_dw.S.tolist()[:n_dw_sv], start=1):
         out[f"dw_sigma{i}"] = s
-    s1 = float(svd_dw.S[0]) if svd_dw.S.numel() else 0.0
-    if fro2 > 0 and s1 > 0:
-        out["dw_rank1_energy"] = s1 * s1 / fro2
-        out["dw_stable_rank"] = fro2 / (s1 * s1)
-    else:  # no update yet: flagged by NaN, not a fake number
-        out["dw_rank1_energy"] = out["dw_stable_rank"] = math.nan
-    u1, v1 = svd_dw.U[:, 0].double(), svd_dw.V[:, 0].double()
-    if prev_dir is not None and fro2 > 0:
-        out["dw_dir_cos_left"] = float((u1 @ prev_dir[0].double().to(u1.device)).abs())
-        out["dw_dir_cos_right"] = float((v1 @ prev_dir[1].double().to(v1.device)).abs())
-    else:
-        out["dw_dir_cos_left"] = out["dw_dir_cos_right"] = math.nan
-    return out, (u1.float().cpu(), v1.float().cpu())
+    s1 = float(svd_dw.S[0])
+    out["dw_rank1_energy"] = s1 * s1 / fro2 if s1 > 0 else math.nan
+    out["dw_stable_rank"] = fro2 / (s1 * s1) if s1 > 0 else math.nan
+    dirs = (svd_dw.U[:, 0].float().cpu(), svd_dw.V[:, 0].float().cpu())
+    out.update(direction_cosines(dirs, prev_dir))
+    return out, dirs
 
+
+@dataclass
+class MatrixResult:
+    """One matrix's statistics (``stats``), dW's top singular vectors (``dirs``; None when dW = 0), or the ``error``
+    that stopped them (a rank that failed sends it to the main process, whose probe raises it)."""
+
+    name: str
+    stats: dict[str, float] = field(default_factory=dict)
+    dirs: tuple[torch.Tensor, torch.Tensor] | None = None
+    error: str | None = None
+
+
+def matrix_results(matrices: Iterable[tuple[str, torch.Tensor, torch.Tensor]], cache: dict, k: int = 16,
+                   n_dw_sv: int = 4, exact_below: int = 256, abs_tol: float = ABS_TOL, rel_tol: float = REL_TOL,
+                   max_passes: int = MAX_PASSES) -> Iterator[MatrixResult]:
+    """:func:`matrix_geometry` of each ``(name, W_0, W_t)``, with ``cache[name]`` carried between probes: the one
+    per-matrix computation, run by the probe offline and by each rank on its share live."""
+    for name, w0, wt in matrices:
+        stats, dirs = matrix_geometry(w0, wt, k, n_dw_sv=n_dw_sv, exact_below=exact_below,
+                                      cache=cache.setdefault(name, {}), abs_tol=abs_tol, rel_tol=rel_tol,
+                                      max_passes=max_passes)
+        yield MatrixResult(name, stats, dirs)
+
+
+# -- aggregation and the probe -----------------------------------------------------------------------------------------
 
 LAYER_STATS = ("angle_left_mean", "angle_right_mean", "sv_rel_change_mean", "dw_rank1_energy")
+MAX_STATS = ("angle_error_bound",)  # aggregated as the largest (a bound on every matrix's angles)
+SUM_STATS = ("angle_unresolved", "angle_bound_unmet")  # aggregated as counts
 
 
 def aggregate(per_matrix: dict[str, dict[str, float]]) -> dict[str, float]:
-    """Means over all matrices (``<stat>``), per kind (``kind/<q>/<stat>``) and per layer (``layer/<i>/<stat>``, for
-    :data:`LAYER_STATS` only, to keep the key count small); NaNs are left out of the means."""
+    """Over all matrices (``<stat>``), per kind (``kind/<q>/<stat>``) and per layer (``layer/<i>/<stat>``, for
+    :data:`LAYER_STATS` only, to keep the key count small): means, except the largest for :data:`MAX_STATS` and
+    counts for :data:`SUM_STATS`; NaNs are left out."""
     groups: dict[str, list[dict[str, float]]] = {"": list(per_matrix.values())}
     for name, stats in per_matrix.items():
         groups.setdefault(f"kind/{kind_of(name)}/", []).append(stats)
@@ -164,39 +631,70 @@ def aggregate(per_matrix: dict[str, dict[str, float]]) -> dict[str, float]:
     for prefix, rows in groups.items():
         for key in rows[0] if rows else ():
             vals = [r[key] for r in rows if key in r and not math.isnan(r[key])]
-            out[f"{prefix}{key}"] = sum(vals) / len(vals) if vals else math.nan
+            if key in SUM_STATS:
+                out[f"{prefix}{key}"] = float(sum(vals))
+            elif key in MAX_STATS:
+                out[f"{prefix}{key}"] = max(vals) if vals else math.nan
+            else:
+                out[f"{prefix}{key}"] = sum(vals) / len(vals) if vals else math.nan
     return out
 
 
 @dataclass
 class WeightView:
-    """The selected matrices at one probe, as ``(name, W_0, W_t)`` triples yielded one at a time (iterate once)."""
+    """The selected matrices at one probe: ``matrices``, ``(name, W_0, W_t)`` triples yielded one at a time (iterate
+    once), for the probe to compute; or ``results``, the per-matrix :class:`MatrixResult` already computed with the
+    probe options ``options`` (live, each rank its share)."""
 
-    matrices: Iterable[tuple[str, torch.Tensor, torch.Tensor]]
+    matrices: Iterable[tuple[str, torch.Tensor, torch.Tensor]] = ()
+    results: list[MatrixResult] | None = None
+    options: dict | None = None
 
 
-@register("weights", source="weights", inputs=("matrices",),
-          outputs=("angle_left_mean", "angle_left_max", "angle_right_mean", "angle_right_max", "sv_rel_change_mean",
-                   "sv_rel_change_max", "dw_rel_norm", "dw_sigma<i>", "dw_rank1_energy", "dw_stable_rank",
-                   "dw_dir_cos_left", "dw_dir_cos_right", "kind/<kind>/<stat>", "layer/<i>/<stat>", "n_matrices"),
+@register("weights", source="weights", inputs=("matrices", "results"),
+          outputs=("angle_left_mean", "angle_left_max", "angle_right_mean", "angle_right_max", "angle_error_bound",
+                   "angle_unresolved", "angle_bound_unmet", "passes", "sv_rel_change_mean", "sv_rel_change_max",
+                   "dw_rel_norm", "dw_sigma<i>", "dw_rank1_energy", "dw_stable_rank", "dw_dir_cos_left",
+                   "dw_dir_cos_right", "kind/<kind>/<stat>", "layer/<i>/<stat>", "n_matrices"),
           extras=("per_matrix",),
           cost="heavy", cadence=Cadence(every=50, at_end=True), persist=("prev",))
-def weight_geometry(view: WeightView, state: dict, k: int = 16, n_dw_sv: int = 4, exact_below: int = 1024) -> dict:
-    """Rotation vs scaling of the weights and the structure of dW = W_t - W_0, per matrix and aggregated.
+def weight_geometry(view: WeightView, state: dict, k: int = 16, n_dw_sv: int = 4, exact_below: int = 256,
+                    abs_tol: float = ABS_TOL, rel_tol: float = REL_TOL, max_passes: int = MAX_PASSES) -> dict:
+    """Rotation vs scaling of the weights and the structure of dW = W_t - W_0, per matrix and aggregated, each angle
+    with a bound on its error.
 
-    Outputs: the per-matrix statistics of :func:`matrix_geometry` averaged over all matrices (``<stat>``), per kind
+    Outputs: the per-matrix statistics of :func:`matrix_geometry` aggregated over all matrices (``<stat>``: means;
+    ``angle_error_bound`` the largest, ``angle_unresolved`` / ``angle_bound_unmet`` counts), per kind
     (``kind/<q>/<stat>``) and per layer (``layer/<i>/<stat>``, a few stats); ``n_matrices``; ``per_matrix`` (one row
-    per matrix, to ``weights.jsonl``). W_0's top-k SVD is computed once per matrix and kept in ``state``.
+    per matrix, to ``weights.jsonl``). Options: ``k`` (subspace size), ``n_dw_sv`` (singular values of dW reported),
+    ``exact_below`` (dense float64 when the smaller side is at most this), ``abs_tol`` / ``rel_tol`` (each angle's
+    error bound is refined below max(abs_tol, rel_tol x angle)), ``max_passes`` (per matrix and probe). ``state``
+    keeps dW's previous directions (``prev``, persisted for resumes) and, offline, each matrix's ``cache``.
     """
+    options = dict(k=k, n_dw_sv=n_dw_sv, exact_below=exact_below, abs_tol=abs_tol, rel_tol=rel_tol,
+                   max_passes=max_passes)
     if k < 1:
         raise ValueError(f"weights probe: k must be >= 1, got {k}")
-    svd0, prev = state.setdefault("svd0", {}), state.setdefault("prev", {})
+    if not (abs_tol > 0 and rel_tol >= 0 and max_passes >= 2):
+        raise ValueError(f"weights probe: need abs_tol > 0, rel_tol >= 0, max_passes >= 2; got abs_tol={abs_tol}, "
+                         f"rel_tol={rel_tol}, max_passes={max_passes}")
+    prev = state.setdefault("prev", {})
+    if view.results is not None:
+        if view.options is not None and view.options != options:
+            raise ValueError(f"weights probe: the per-matrix results were computed with {view.options}, the probe "
+                             f"runs with {options}")
+        results: Iterable[MatrixResult] = view.results
+    else:
+        results = matrix_results(view.matrices, state.setdefault("cache", {}), **options)
     per: dict[str, dict[str, float]] = {}
-    for name, w0, wt in view.matrices:
-        if name not in svd0:
-            svd0[name] = top_svd(w0, k, exact_below)
-        per[name], prev[name] = matrix_geometry(w0, wt, k, svd0=svd0[name], prev_dir=prev.get(name),
-                                                n_dw_sv=n_dw_sv, exact_below=exact_below)
+    for res in results:
+        if res.error is not None:
+            raise RuntimeError(f"weights probe: matrix {res.name}: {res.error}")
+        stats = dict(res.stats)
+        stats.update(direction_cosines(res.dirs, prev.get(res.name)))
+        if res.dirs is not None:
+            prev[res.name] = res.dirs
+        per[res.name] = stats
     out: dict = dict(aggregate(per))
     out["n_matrices"] = float(len(per))
     out["per_matrix"] = Records("weights", [{"matrix": name, **stats} for name, stats in per.items()])

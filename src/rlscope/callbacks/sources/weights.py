@@ -2,28 +2,53 @@
 
 W_0 is snapshotted at the start of training, before the first update (in CPU memory, or memory-mapped safetensors
 when large), into the run directory (``weights/w0``) so that a resumed run keeps its reference instead of taking a
-new one. Under DDP only the main process reads the (replicated) parameters, with no collective; under DeepSpeed ZeRO-3
-each parameter is gathered on its own (``GatheredParameters``) on every rank, one at a time, while the main process
-computes: the view it returns streams the matrices, and the other ranks take part in the same gathers in the same
-order inside :meth:`WeightSource.collect`.
+new one.
+
+The matrices are split across ranks (:func:`rlscope.weight_geometry.split_matrices`: by size, the same split on every
+rank): each rank keeps W_0 of its share only, computes the per-matrix statistics of its share with the weights
+probe's own per-matrix computation (:func:`rlscope.probes.weights.matrix_results`, keeping each matrix's warm starts
+between probes), and the results are gathered to the main process, whose probe aggregates them. One process
+computes them all the same way, and offline (:func:`rlscope.weight_geometry.offline_geometry`) the probe runs the same
+computation itself, so the numbers do not depend on the number of processes. Under DDP each rank reads its share of
+the (replicated) parameters with no collective; under DeepSpeed ZeRO-3 every rank takes part in the gather of every
+parameter (``GatheredParameters``, one at a time) and the rank that owns it keeps a CPU copy: the copies are made in
+chunks of bounded memory, each chunk computed after its gathers, so that ranks compute in parallel.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 from rlscope.callbacks.sources import SOURCES, Source
 from rlscope.common import model_is_partitioned
-from rlscope.probes.weights import DEFAULT_PATTERNS, WeightView, select_matrices
-from rlscope.weight_geometry import Snapshot, full_parameters
+from rlscope.probes.weights import DEFAULT_PATTERNS, MatrixResult, WeightView, matrix_results, select_matrices
+from rlscope.weight_geometry import (Snapshot, full_numel, full_parameters, physical_memory_bytes,
+                                     split_matrices)
+
+
+def _world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
 
 
 @SOURCES.register("weights")
 class WeightSource(Source):
     """Options: ``patterns`` (globs over parameter names; default q, k, v, o, gate, up, down of every layer),
-    ``snapshot_dir`` (where W_0 is written; default the run's ``weights/w0``), ``max_memory_gb`` (W_0 kept in memory up
-    to this, default a quarter of RAM; beyond it, read back from disk one matrix at a time)."""
+    ``snapshot_dir`` (where W_0 is written; default the run's ``weights/w0``), ``max_memory_gb`` (per process: W_0 of
+    the process's share kept in memory up to this, default a quarter of RAM divided by the processes on the node;
+    beyond it, read back from disk one matrix at a time; the same budget bounds the ZeRO-3 copies of W_t)."""
 
     name = "weights"
 
@@ -32,44 +57,95 @@ class WeightSource(Source):
         self.snapshot_dir = snapshot_dir
         self.max_memory = None if max_memory_gb is None else int(max_memory_gb * 2 ** 30)
         self.names: list[str] = []
+        self.mine: list[str] = []  # the matrices this rank computes
+        self.chunks: list[list[str]] = []  # ZeRO-3: consecutive names gathered before their share is computed
         self.snapshot: Snapshot | None = None
+        self.cache: dict[str, dict] = {}  # per matrix: W_0's triplets, warm starts (this rank's share)
+        self.options: dict[str, dict] = {}  # per probe on this source: its options (defaults filled in)
 
     def bind(self, trainer, engine) -> None:
         super().bind(trainer, engine)
         if self.snapshot_dir is None and engine.run_dir is not None:
             self.snapshot_dir = Path(engine.run_dir) / "weights" / "w0"
 
+    def check(self, probe_name: str, options: dict) -> None:
+        from rlscope.probes import get_probe
+
+        self.options[probe_name] = {**get_probe(probe_name).options, **options}
+
+    def _budget(self) -> int:
+        if self.max_memory is not None:
+            return self.max_memory
+        return physical_memory_bytes() // 4 // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
     def setup(self, ctx) -> None:
-        all_names = [n for n, _ in ctx.model.named_parameters()]
-        self.names = select_matrices(all_names, self.patterns)
+        params = dict(ctx.model.named_parameters())
+        self.names = select_matrices(list(params), self.patterns)
         if not self.names:
             raise ValueError(f"weights source: no parameter matches {list(self.patterns)}; the model has e.g. "
-                             f"{all_names[:6]}")
+                             f"{list(params)[:6]}")
+        world, rank = _world()
+        sizes = [full_numel(params[n]) for n in self.names]
+        owner = split_matrices(sizes, world)
+        self.mine = [n for n, r in zip(self.names, owner) if r == rank]
+        budget = self._budget()
+        self.chunks, chunk, share = [], [], [0] * world  # ZeRO-3 chunks: no rank holds more than the budget of W_t
+        for name, size, r in zip(self.names, sizes, owner):
+            if chunk and (share[r] + size) * 4 > budget:
+                self.chunks.append(chunk)
+                chunk, share = [], [0] * world
+            chunk.append(name)
+            share[r] += size
+        if chunk:
+            self.chunks.append(chunk)
         if Snapshot.exists(self.snapshot_dir):  # a resumed run: the reference taken before its first update
-            self.snapshot = Snapshot.load(self.snapshot_dir) if ctx.is_main else None
-            missing = set(self.names) - set(self.snapshot.names) if self.snapshot is not None else set()
+            self.snapshot = Snapshot.load(self.snapshot_dir, keep=self.mine, max_memory_bytes=budget)
+            missing = set(self.names) - set(self.snapshot.names)
             if missing:
                 raise ValueError(f"weights source: the stored W_0 in {self.snapshot_dir} lacks {sorted(missing)[:3]}")
             return
         t0 = time.perf_counter()
-        pairs = full_parameters(ctx.model, self.names, materialize=ctx.is_main)
-        if ctx.is_main:
-            self.snapshot = Snapshot.take(pairs, self.snapshot_dir, self.max_memory)
-            self.snapshot_seconds = time.perf_counter() - t0
-        else:
-            for _ in pairs:  # take part in the ZeRO-3 gathers
-                pass
+        mine = set(self.mine)
+        pairs = ((n, t) for n, t in full_parameters(ctx.model, self.names, materialize=mine.__contains__)
+                 if t is not None)  # every rank joins every ZeRO-3 gather; each keeps its share
+        self.snapshot = Snapshot.take(pairs, self.snapshot_dir, budget, index=False)
+        _barrier()  # every rank's share is written before the index marks W_0 whole
+        if ctx.is_main and _world()[1] == 0 and self.snapshot_dir is not None:
+            Snapshot.write_index(self.snapshot_dir, self.names)
+        self.snapshot_seconds = time.perf_counter() - t0
+
+    def _compute(self, pairs, options: dict) -> list[MatrixResult]:
+        out = []
+        for name, wt in pairs:
+            try:
+                out.extend(matrix_results([(name, self.snapshot[name], wt)], self.cache, **options))
+            except Exception as exc:  # noqa: BLE001 -- sent to the main process, whose probe raises it
+                out.append(MatrixResult(name, error=f"{type(exc).__name__}: {exc}"))
+        return out
 
     def collect(self, ctx, probes):
-        if not ctx.is_main:
-            if model_is_partitioned(ctx.model):
-                for _ in full_parameters(ctx.model, self.names, materialize=False):
-                    pass
-            return None
-        snapshot = self.snapshot
+        due = [p for p in probes if p.name in self.options] or probes
+        options = self.options.get(due[0].name, {}) if due else {}
+        options = {k: v for k, v in options.items() if k in ("k", "n_dw_sv", "exact_below", "abs_tol", "rel_tol",
+                                                               "max_passes")}
+        mine = set(self.mine)
+        results: list[MatrixResult] = []
+        if model_is_partitioned(ctx.model):
+            for chunk in self.chunks:  # gathers on every rank, then each rank computes its copies
+                held = [(n, t) for n, t in full_parameters(ctx.model, chunk, materialize=mine.__contains__)
+                        if t is not None]
+                results.extend(self._compute(held, options))
+        else:
+            results = self._compute(full_parameters(ctx.model, self.mine), options)
+        world, rank = _world()
+        if world > 1:
+            import torch.distributed as dist
 
-        def matrices():
-            for name, wt in full_parameters(ctx.model, self.names):
-                yield name, snapshot[name], wt
-
-        return WeightView(matrices())
+            gathered = [None] * world if rank == 0 else None
+            dist.gather_object(results, gathered, dst=0)
+            if rank != 0:
+                return None
+            results = [r for part in gathered for r in part]
+        order = {n: i for i, n in enumerate(self.names)}
+        results.sort(key=lambda r: order[r.name])
+        return WeightView(results=results, options=options)
