@@ -224,6 +224,24 @@ def test_a_probe_raising_on_one_rank_ends_on_every_rank():
     assert SimulatedGroup(3, timeout=20).run(late, [(False,), (True,), (False,)]) == [False] * 3
 
 
+def test_an_uncaught_exception_on_one_simulated_rank_ends_the_group_at_once_with_that_exception():
+    """A rank whose function raises outside the failure protocol breaks the others' next collective (they do not wait
+    for the barrier's timeout), and ``run`` raises that rank's own exception, not the others' broken barrier."""
+    import time
+
+    from rlscope.probes.reduce import sums
+
+    def fn(comm, bad):
+        if bad:
+            raise KeyError("planted")
+        return sums(comm, [1.0])
+
+    t0 = time.perf_counter()
+    with pytest.raises(KeyError, match="planted"):
+        SimulatedGroup(3, timeout=300).run(fn, [(False,), (True,), (False,)])
+    assert time.perf_counter() - t0 < 30
+
+
 def _gloo_worker(rank: int, port: int, out: str):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
                       LOCAL_RANK=str(rank))

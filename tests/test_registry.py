@@ -64,6 +64,41 @@ def test_a_plugin_file_registers_itself(tmp_path, monkeypatch):
             del sys.modules[name]
 
 
+def test_lookups_from_many_threads_at_once_see_every_entry(tmp_path, monkeypatch):
+    """The first lookups of a registry from several threads at once (ranks simulated as threads, as in ``rlscope bench
+    gather``) wait for its package's import instead of seeing the entries registered so far."""
+    import threading
+
+    pkg = tmp_path / "slowplugins"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from rlscope.registry import Registry\nITEMS = Registry('gadget', "
+                                     "package='slowplugins')\n")
+    (pkg / "a_first.py").write_text("from slowplugins import ITEMS\nITEMS.register('first', 1)\n")
+    (pkg / "b_slow.py").write_text("import time\nfrom slowplugins import ITEMS\ntime.sleep(0.3)\n"
+                                   "ITEMS.register('slow', 2)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        import slowplugins
+
+        found, errors = [], []
+
+        def look():
+            try:
+                found.append(slowplugins.ITEMS.get("slow"))
+            except Exception as exc:  # noqa: BLE001 -- collected, asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=look) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors and found == [2] * 8
+    finally:
+        for name in [m for m in sys.modules if m.startswith("slowplugins")]:
+            del sys.modules[name]
+
+
 def test_every_probe_file_is_registered_without_an_import_list():
     import ast
     from pathlib import Path

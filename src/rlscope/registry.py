@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import pkgutil
+import threading
 from typing import Callable, Generic, Iterable, Iterator, TypeVar
 
 from rlscope.errors import UsageError
@@ -79,7 +80,8 @@ class Registry(Generic[T]):
         self.kind, self.package, self.plural = kind, package, plural
         self._items: dict[str, T] = {}
         self._loaded = package is None
-        self._loading = False
+        self._loading = False  # this thread is importing the package (a registration from it must not wait)
+        self._lock = threading.RLock()
 
     def register(self, name: str, obj: T | None = None) -> Callable[[T], T] | T:
         """``register(name, obj)``, or ``@register(name)`` as a decorator. A name registered twice raises."""
@@ -98,14 +100,20 @@ class Registry(Generic[T]):
         self._items.pop(name, None)
 
     def _load(self) -> None:
-        if self._loaded or self._loading:
+        """Import the package's modules once. Thread-safe: another thread's lookup waits for the import to end
+        instead of seeing half the entries (ranks simulated as threads look probes up at once); the importing
+        thread's own registrations pass (the lock is reentrant)."""
+        if self._loaded:
             return
-        self._loading = True
-        try:
-            import_package_modules(self.package)
-            self._loaded = True
-        finally:
-            self._loading = False
+        with self._lock:
+            if self._loaded or self._loading:
+                return
+            self._loading = True
+            try:
+                import_package_modules(self.package)
+                self._loaded = True
+            finally:
+                self._loading = False
 
     def get(self, name: str) -> T:
         self._load()

@@ -110,7 +110,8 @@ class TorchComm(Comm):
 class SimulatedGroup:
     """``world_size`` ranks as threads of this process (tests, ``rlscope bench gather``): :meth:`run` calls
     ``fn(comm, *args)`` on each rank's arguments, one thread per rank, and returns the results in rank order (an
-    exception on any rank is raised after all threads ended). Sums are taken in rank order in float64."""
+    exception on any rank breaks the others' next collective; the first rank's own exception is raised after all
+    threads ended). Sums are taken in rank order in float64."""
 
     def __init__(self, world_size: int, timeout: float = 600.0):
         if world_size < 1:
@@ -134,15 +135,16 @@ class SimulatedGroup:
                 results[rank] = fn(self.comm(rank), *per_rank_args[rank])
             except BaseException as exc:  # noqa: BLE001 -- re-raised below, after every thread ended
                 errors[rank] = exc
+                self.barrier.abort()  # the other ranks stop at their next collective instead of at the timeout
 
         threads = [threading.Thread(target=body, args=(r,), daemon=True) for r in range(self.world_size)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        for exc in errors:
-            if exc is not None:
-                raise exc
+        cause = [e for e in errors if e is not None and not isinstance(e, threading.BrokenBarrierError)]
+        if cause or any(errors):
+            raise (cause or [e for e in errors if e is not None])[0]
         return results
 
 
