@@ -103,3 +103,39 @@ def test_grpo_recipe_logs_the_trainers_gradient_norm(tmp_path, tiny_sft_path):
     assert all(n > 0.01 for n in norms)
     for name in ("rlscope/grad/update_ratio", "rlscope/grad/kind/q/norm", "rlscope/grad/layer/3/update_ratio"):
         assert r.series(name)[0] == [1, 2] and all(v > 0 for v in r.series(name)[1]), name
+
+
+def test_the_nonfinite_guard_counts_exactly_what_its_fused_check_lets_through():
+    """The guard's fast path (one fused global norm) must neither miss a NaN/inf nor flag finite gradients whose
+    norm overflows float32; the count is per parameter; skip_step drops the gradients."""
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl
+
+    from rlscope.callbacks.guard import NonFiniteGuard
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    state = SimpleNamespace(global_step=0, is_world_process_zero=True)
+
+    def check(mode, fill):
+        guard = NonFiniteGuard(mode)
+        for i, p in enumerate(model.parameters()):
+            p.grad = fill(i, p)
+        guard.on_pre_optimizer_step(None, state, TrainerControl(), model=model)
+        return guard
+
+    assert check("flag", lambda i, p: torch.ones_like(p)).total == 0
+    huge = check("flag", lambda i, p: torch.full_like(p, 1e30))  # finite, but the squares overflow
+    assert huge.total == 0 and huge.params == 0
+
+    def two_bad(i, p):
+        g = torch.ones_like(p)
+        if i in (1, 3):
+            g.view(-1)[0] = float("nan") if i == 1 else float("inf")
+        return g
+
+    flagged = check("flag", two_bad)
+    assert flagged.total == 1 and flagged.params == 2
+    assert all(p.grad is not None for p in model.parameters())
+    check("skip_step", two_bad)
+    assert all(p.grad is None for p in model.parameters())
