@@ -64,7 +64,10 @@ def test_bench_overhead_prints_json_last(tiny_sft_path):
     assert p.returncode == 0, p.stderr[-3000:]
     result = json.loads(p.stdout.strip().splitlines()[-1])
     assert result["bench"] == "overhead" and len(result["bare_seconds_per_step"]) == 1
-    assert result["ratio"] == pytest.approx(result["median_rlscope"] / result["median_bare"], rel=1e-2)
+    pair = result["rlscope_seconds_per_step"][0] / result["bare_seconds_per_step"][0]
+    assert result["ratio"] == result["ratio_of_medians"] == pytest.approx(pair, rel=1e-2)  # one repeat: one pair
+    assert result["paired_ratios"] == [result["ratio"]]
+    assert 0 < result["own_code_share"][0] < 1 and result["own_code_ratio"] > 1  # rlscope's callbacks took time
 
 
 def test_bench_weights_prints_json_last():

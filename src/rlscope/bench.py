@@ -40,19 +40,21 @@ def bench_step(steps: int = 20, warmup: int = 2, recipe: str = "tiny_dapo") -> d
             "world_size": summary["world_size"]}
 
 
-def _stamp_callback(stamps: list[float]):
+def _stamp_callback(stamps: list, own: list[float]):
+    """At each step's end: (the time, rlscope's own seconds so far)."""
     from transformers import TrainerCallback
 
     class Stamp(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            stamps.append(time.perf_counter())
+            stamps.append((time.perf_counter(), own[0]))
 
     return Stamp()
 
 
-def _overhead_run(arm: str, recipe: str, steps: int, warmup: int, tmp: str, index: int) -> float:
-    """Seconds per optimizer step (after ``warmup`` steps) of one arm: ``bare`` = stock ``trl.GRPOTrainer``;
-    ``rlscope`` = rlscope's DAPOTrainer with the run store and the default Observatory attached."""
+def _overhead_run(arm: str, recipe: str, steps: int, warmup: int, tmp: str, index: int) -> tuple[float, float]:
+    """Seconds per optimizer step (after ``warmup`` steps) of one arm, and of them the seconds in rlscope's own
+    code (0 for ``bare``): ``bare`` = stock ``trl.GRPOTrainer``; ``rlscope`` = rlscope's DAPOTrainer with the run
+    store and the default Observatory attached."""
     import dataclasses
 
     from transformers import AutoTokenizer
@@ -72,9 +74,10 @@ def _overhead_run(arm: str, recipe: str, steps: int, warmup: int, tmp: str, inde
     task = get_task(run_args.task, **run_args.task_config)
     model = str(tiny_sft_model(run_args.task, run_args.task_config))
     tok = AutoTokenizer.from_pretrained(model)
-    stamps: list[float] = []
+    stamps: list[tuple[float, float]] = []
+    own = [0.0]
     common = dict(model=model, reward_funcs=task.reward_funcs(), train_dataset=task.dataset("train"),
-                  processing_class=tok, callbacks=[_stamp_callback(stamps)])
+                  processing_class=tok, callbacks=[_stamp_callback(stamps, own)])
     if arm == "bare":
         names = {f.name for f in dataclasses.fields(GRPOConfig) if f.init}
         trainer = GRPOTrainer(args=GRPOConfig(**{k: v for k, v in cfg.to_dict().items() if k in names
@@ -82,30 +85,69 @@ def _overhead_run(arm: str, recipe: str, steps: int, warmup: int, tmp: str, inde
     else:
         trainer = DAPOTrainer(args=cfg, **common)
         trainer.run_store = attach(trainer, f"{tmp}/{arm}-{index}/run").writer
+        _time_rlscope_code(trainer, own)
     trainer.train()
-    timed = stamps[warmup:]
-    return (timed[-1] - stamps[warmup - 1]) / len(timed)
+    (t0, own0), (t1, own1) = stamps[warmup - 1], stamps[-1]
+    n = len(stamps) - warmup
+    return (t1 - t0) / n, (own1 - own0) / n
 
 
-def bench_overhead(steps: int = 10, warmup: int = 2, repeats: int = 3, recipe: str = "tiny_dapo",
+def _time_rlscope_code(trainer, own: list[float]) -> None:
+    """Accumulate into ``own[0]`` the seconds spent in rlscope's own code during training: every event handler of
+    the callbacks defined in rlscope (engine, guard, alarms, ...) and the trainer's rollout capture -- what rlscope
+    adds to a step, measured inside the one process rather than as the difference of two noisy wall times."""
+    import functools
+
+    def timed(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                own[0] += time.perf_counter() - t0
+        return wrapper
+
+    for cb in trainer.callback_handler.callbacks:
+        if type(cb).__module__.startswith("rlscope."):
+            for name in dir(cb):
+                if name.startswith("on_") and callable(getattr(cb, name)):
+                    setattr(cb, name, timed(getattr(cb, name)))
+    for name in ("_capture_rollouts", "_annotate_rollouts"):
+        if hasattr(trainer, name):
+            setattr(trainer, name, timed(getattr(trainer, name)))
+
+
+def bench_overhead(steps: int = 16, warmup: int = 2, repeats: int = 5, recipe: str = "tiny_dapo",
                    large_tokens: int = 1_000_000) -> dict:
     """Step time of the tiny DAPO recipe with rlscope (trainer, run store, default token probes) vs a bare TRL
     ``GRPOTrainer``: same config, seed and steps, runs interleaved (ABBA...), ratio of the median seconds/step.
 
     Dynamic sampling and overlong shaping are off in both arms so that both do exactly the same generation and
-    reward work (stock TRL has neither); what remains is everything rlscope adds to a step. Also: the token probes'
+    reward work (stock TRL has neither); what remains is everything rlscope adds to a step. ``ratio``: the median of
+    the repeats' paired ratios (each pair ran back to back), beside their range and the ratio of the medians.
+    ``own_code_ratio``: step time / (step time - the seconds in rlscope's own callbacks and rollout capture), timed
+    inside the rlscope arm -- what rlscope adds, free of the run-to-run noise of two wall times. Also: the token probes'
     own seconds on a synthetic step of ``large_tokens`` valid tokens in one process (median of three), what they
     would add to a step of that size.
     """
     import statistics
 
     per: dict[str, list[float]] = {"bare": [], "rlscope": []}
+    own: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(repeats):
             order = ("bare", "rlscope") if rep % 2 == 0 else ("rlscope", "bare")
             for arm in order:
-                per[arm].append(_overhead_run(arm, recipe, steps, warmup, tmp, rep))
+                seconds, mine = _overhead_run(arm, recipe, steps, warmup, tmp, rep)
+                per[arm].append(seconds)
+                if arm == "rlscope":
+                    own.append(mine / seconds)
     med = {arm: statistics.median(v) for arm, v in per.items()}
+    # each repeat's two arms ran back to back: their ratio cancels the machine's drift between repeats (on a shared
+    # 2-core host a whole run can be 15-30% slower than the one before it), so the median of the paired ratios is
+    # the estimate, with its range
+    paired = [r / b for r, b in zip(per["rlscope"], per["bare"])]
     big = synthetic_step(large_tokens, seed=0)
     probe_times = []
     for _ in range(3):
@@ -117,7 +159,11 @@ def bench_overhead(steps: int = 10, warmup: int = 2, repeats: int = 3, recipe: s
             "bare_seconds_per_step": [round(v, 4) for v in per["bare"]],
             "rlscope_seconds_per_step": [round(v, 4) for v in per["rlscope"]],
             "median_bare": round(med["bare"], 4), "median_rlscope": round(med["rlscope"], 4),
-            "ratio": round(med["rlscope"] / med["bare"], 4)}
+            "ratio_of_medians": round(med["rlscope"] / med["bare"], 4),
+            "paired_ratios": [round(v, 4) for v in paired], "ratio_range": [round(min(paired), 4), round(max(paired), 4)],
+            "own_code_share": [round(v, 4) for v in own],
+            "own_code_ratio": round(1 / (1 - statistics.median(own)), 4),
+            "ratio": round(statistics.median(paired), 4)}
 
 
 def _bare_batched_generate(model, tok, prompts: list[str], n: int, batch_prompts: int, max_new_tokens: int) -> None:

@@ -220,7 +220,7 @@ def cmd_bench(ns) -> int:
     elif ns.what == "gather":
         result = bench.bench_gather(tokens=ns.tokens, worlds=tuple(ns.worlds))
     elif ns.what == "overhead":
-        result = bench.bench_overhead(steps=ns.steps or 10, warmup=ns.warmup, repeats=ns.repeats, recipe=ns.recipe)
+        result = bench.bench_overhead(steps=ns.steps or 16, warmup=ns.warmup, repeats=ns.repeats, recipe=ns.recipe)
     else:  # argparse restricts the choices
         raise AssertionError(ns.what)
     bench.print_result(result, ns.json)
@@ -312,11 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="benchmarks; the last output line is JSON")
     b.add_argument("what", choices=["step", "overhead", "gather", "passk", "weights", "schedules", "analyze"])
     b.add_argument("--json", action="store_true", help="print only the JSON line")
-    b.add_argument("--steps", type=int, default=None, help="optimizer steps (step: 20, overhead: 10, schedules: 40; "
+    b.add_argument("--steps", type=int, default=None, help="optimizer steps (step: 20, overhead: 16, schedules: 40; "
                                                              "analyze: the synthetic run's length, 20000)")
     b.add_argument("--metrics", type=int, default=200, help="analyze: metrics per step of the synthetic run")
     b.add_argument("--warmup", type=int, default=2)
-    b.add_argument("--repeats", type=int, default=3, help="overhead: runs per arm (interleaved)")
+    b.add_argument("--repeats", type=int, default=5, help="overhead: runs per arm (interleaved)")
     b.add_argument("--recipe", default="tiny_dapo")
     b.add_argument("--prompts", type=int, default=64, help="passk: held-out prompts")
     b.add_argument("-n", type=int, default=16, help="passk: samples per prompt")
