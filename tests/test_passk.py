@@ -288,3 +288,13 @@ def test_sampling_options_are_checked_when_attached():
         Observatory({"passk": {"task": "chainsum", "n": 4, "top_p": 1.5}})
     with pytest.raises(ValueError, match="batch_prompts must be >= 1, got 0"):
         Observatory({"passk": {"task": "chainsum", "n": 4, "batch_prompts": 0}})
+
+
+def test_default_batches_are_bounded_by_rows_not_prompts():
+    from rlscope.passk_eval import BATCH_ROWS, default_batch_prompts
+
+    assert BATCH_ROWS == 1024
+    assert [default_batch_prompts(n) for n in (1, 16, 64, 1000, 4096)] == [1024, 64, 16, 1, 1]
+    assert default_batch_prompts(16, 5) == 5
+    with pytest.raises(ValueError, match="batch_prompts must be >= 1"):
+        default_batch_prompts(16, 0)

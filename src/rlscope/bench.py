@@ -160,7 +160,8 @@ def bench_overhead(steps: int = 16, warmup: int = 2, repeats: int = 5, recipe: s
             "rlscope_seconds_per_step": [round(v, 4) for v in per["rlscope"]],
             "median_bare": round(med["bare"], 4), "median_rlscope": round(med["rlscope"], 4),
             "ratio_of_medians": round(med["rlscope"] / med["bare"], 4),
-            "paired_ratios": [round(v, 4) for v in paired], "ratio_range": [round(min(paired), 4), round(max(paired), 4)],
+            "paired_ratios": [round(v, 4) for v in paired],
+            "ratio_range": [round(min(paired), 4), round(max(paired), 4)],
             "own_code_share": [round(v, 4) for v in own],
             "own_code_ratio": round(1 / (1 - statistics.median(own)), 4),
             "ratio": round(statistics.median(paired), 4)}
@@ -195,11 +196,11 @@ def bench_passk(prompts: int = 64, n: int = 16, repeats: int = 3, batch_prompts:
     import torch
 
     from rlscope.callbacks import Observatory
-    from rlscope.passk_eval import BATCH_PROMPTS
+    from rlscope.passk_eval import default_batch_prompts
     from rlscope.tasks import get_task
     from rlscope.tinymodel import load_policy
 
-    batch_prompts = batch_prompts or BATCH_PROMPTS
+    batch_prompts = default_batch_prompts(n, batch_prompts)
     model, tok = load_policy("tiny-sft")
     model.eval()
     task = get_task("chainsum", seed=0, n_heldout=max(prompts, 64))

@@ -253,8 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--seed", type=int, default=0)
     k.add_argument("--split", default="heldout")
     k.add_argument("--max-prompts", type=int, default=None)
-    k.add_argument("--batch-prompts", type=int, default=16,
-                   help="prompts per generation batch (the counts do not depend on the number of processes)")
+    k.add_argument("--batch-prompts", type=int, default=None,
+                   help="prompts per generation batch (default: 1024 rows of n samples; the counts do not depend on "
+                        "the number of processes)")
     k.add_argument("--json", action="store_true", help="print only the JSON line")
     k.set_defaults(func=cmd_passk)
 

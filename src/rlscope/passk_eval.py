@@ -48,7 +48,17 @@ from rlscope.decode import keyed_generate
 from rlscope.probes.passk import pass_at_k_curve
 from rlscope.sampling import KeyedGumbelSampler, check_sampling, row_keys
 
-BATCH_PROMPTS = 16  # prompts per batched decoding (x n samples each)
+BATCH_ROWS = 1024  # rows (prompts x n samples) per batched decoding when batch_prompts is not given
+
+
+def default_batch_prompts(n: int, batch_prompts: int | None = None) -> int:
+    """Prompts per batched decoding: ``batch_prompts`` when given, else as many as fit ``BATCH_ROWS`` rows of ``n``
+    samples each (64 prompts at n = 16, 16 at n = 64): the batch's memory is bounded by its rows, whatever n is."""
+    if batch_prompts is not None:
+        if batch_prompts < 1:
+            raise ValueError(f"pass@k: batch_prompts must be >= 1, got {batch_prompts}")
+        return batch_prompts
+    return max(1, BATCH_ROWS // max(n, 1))
 
 
 @dataclass
@@ -106,19 +116,19 @@ def prompt_batches(count: int, batch_prompts: int) -> list[list[int]]:
 
 def evaluate_passk(model, tokenizer, task, n: int = 16, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
                    split: str = "heldout", max_prompts: int | None = None, max_new_tokens: int | None = None,
-                   correct_threshold: float = 0.5, batch_prompts: int = BATCH_PROMPTS) -> PassKResult:
+                   correct_threshold: float = 0.5, batch_prompts: int | None = None) -> PassKResult:
     """pass@k of ``model`` on ``task``'s split for k = 1..n. Call it on every rank (batches are split, counts gathered).
 
     A sample is correct when ``task.score`` >= ``correct_threshold`` (:func:`rlscope.common.is_correct`). The counts do
     not depend on the number of ranks. Across ``batch_prompts`` they agree up to the logits' float rounding in
     differently shaped batches (the tiny model on CPU: identical for 1, 5 and 16 prompts per batch in the tests).
+    ``batch_prompts``: None for :func:`default_batch_prompts`.
     """
     from accelerate import PartialState
 
     if n < 1:
         raise ValueError(f"pass@k evaluation: n must be >= 1, got {n}")
-    if batch_prompts < 1:
-        raise ValueError(f"pass@k evaluation: batch_prompts must be >= 1, got {batch_prompts}")
+    batch_prompts = default_batch_prompts(n, batch_prompts)
     check_sampling(temperature, top_p)
     t0 = time.perf_counter()
     rows = task.rows(split)[:max_prompts]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from rlscope.callbacks.sources import SOURCES, Source
 from rlscope.common import text_tokenizer
-from rlscope.passk_eval import BATCH_PROMPTS, evaluate_passk
+from rlscope.passk_eval import default_batch_prompts, evaluate_passk
 from rlscope.probes.passk import SampleCounts, default_ks
 from rlscope.sampling import check_sampling
 
@@ -21,21 +21,20 @@ from rlscope.sampling import check_sampling
 class SampleSource(Source):
     """Options: ``task`` (a Task or a task name; required), ``task_config`` (options of a named task), ``n`` samples per
     prompt, ``temperature``, ``top_p``, ``seed``, ``split``, ``max_prompts`` (the first N prompts of the split),
-    ``max_new_tokens`` (default: the task's completion budget), ``batch_prompts`` (prompts per generation batch; the
-    counts are the same for any number of ranks at a given value)."""
+    ``max_new_tokens`` (default: the task's completion budget), ``batch_prompts`` (prompts per generation batch;
+    default: 1024 rows of n samples; the counts are the same for any number of ranks at a given value)."""
 
     name = "samples"
 
     def __init__(self, task=None, task_config: dict | None = None, n: int = 16, temperature: float = 1.0,
                  top_p: float = 1.0, seed: int = 0, split: str = "heldout", max_prompts: int | None = None,
-                 max_new_tokens: int | None = None, batch_prompts: int = BATCH_PROMPTS):
+                 max_new_tokens: int | None = None, batch_prompts: int | None = None):
         if task is None:
             raise ValueError("pass@k needs a task to sample from: e.g. rlscope.attach(trainer, passk={'task': "
                              "'chainsum', 'n': 16})")
         if n < 1:
             raise ValueError(f"pass@k: n (samples per prompt) must be >= 1, got {n}")
-        if batch_prompts < 1:
-            raise ValueError(f"pass@k: batch_prompts must be >= 1, got {batch_prompts}")
+        batch_prompts = default_batch_prompts(n, batch_prompts)
         check_sampling(temperature, top_p)
         if isinstance(task, str):
             from rlscope.tasks import get_task
