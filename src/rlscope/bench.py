@@ -748,21 +748,18 @@ def _two_rank_worker(rank: int, port: int, tokens: int, out: str):
         same, worst = _compare(exact, gathered)
         Path(out).write_text(json.dumps({"exact_seconds": t_exact, "gather_seconds": t_gather, "identical": same,
                                          "max_rel_diff_sums": worst, "bytes": part.comm.bytes,
-                                         "calls": part.comm.calls, "gather_payload": _gathered_bytes([synthetic_step(tokens, seed=r) for r in range(2)])}))
+                                         "calls": part.comm.calls,
+                                         "gather_payload": _gathered_bytes([synthetic_step(tokens, seed=r)
+                                                                            for r in range(2)])}))
     torch.distributed.destroy_process_group()
 
 
 def _real_two(tokens: int) -> dict:
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "two.json"
-        mp.spawn(_two_rank_worker, args=(port, tokens, str(out)), nprocs=2, join=True)
+        mp.spawn(_two_rank_worker, args=(_free_port(), tokens, str(out)), nprocs=2, join=True)
         r = json.loads(out.read_text())
     ex, ga = _ring(r["bytes"], 2, "all_reduce"), _ring(r["gather_payload"], 2, "all_gather")
     return {"world_size": 2, "simulated": False, "tokens_per_rank": tokens, "exact_bytes_per_rank": round(ex),

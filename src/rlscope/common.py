@@ -36,6 +36,13 @@ def model_is_partitioned(model) -> bool:
     return any(is_partitioned(p) for p in model.parameters())
 
 
+def multi_rank() -> bool:
+    """Whether a ``torch.distributed`` process group of more than one rank exists (collectives are needed)."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 @contextlib.contextmanager
 def generation_ready(model):
     """A context in which ``model`` can ``generate``; yields whether generation must run in lock step (every rank the
@@ -49,12 +56,10 @@ def generation_ready(model):
       gathered on every rank for the duration (``deepspeed.zero.GatheredParameters``, as TRL's default
       ``ds3_gather_for_generation=True``; it must fit in one device's memory); False.
     """
-    import torch.distributed as dist
-
     if not model_is_partitioned(model):
         yield False
     elif hasattr(model, "ds_id"):  # DeepSpeed registered its fetch/release hooks on the modules
-        yield dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        yield multi_rank()
     else:
         import deepspeed
 
@@ -68,7 +73,7 @@ def any_rank(flag: bool, device=None) -> bool:
     import torch
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if not multi_rank():
         return flag
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)

@@ -268,7 +268,9 @@ class Observatory(TrainerCallback):
         rank collects for them: a collective on one rank alone would hang the others."""
         import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        from rlscope.common import multi_rank
+
+        if multi_rank():
             shared = [self.failed]
             dist.broadcast_object_list(shared, src=0)
             self.failed = shared[0]
@@ -351,6 +353,8 @@ class Observatory(TrainerCallback):
         probe's first-step threshold) and the reduced result would mix two thresholds. Call it on every rank."""
         import torch.distributed as dist
 
+        from rlscope.common import multi_rank
+
         if state.is_world_process_zero and self.writer is not None:
             from rlscope.store import RunReader
 
@@ -362,7 +366,7 @@ class Observatory(TrainerCallback):
                     load_state(self.writer.dir, run.probe, self.state[run.probe.name],
                                self.step_offset + state.global_step)
         shared = sorted(r.probe.name for r in self.runs.values() if r.probe.per_rank and (r.probe.restore or r.probe.persist))
-        if shared and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if shared and multi_rank():
             box = [{n: self.state[n] for n in shared}]
             dist.broadcast_object_list(box, src=0)
             if not state.is_world_process_zero:  # on rank 0 the box holds the very dicts

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from rlscope.callbacks.sources import SOURCES, Source
-from rlscope.common import model_is_partitioned
+from rlscope.common import model_is_partitioned, multi_rank
 from rlscope.probes.weights import DEFAULT_PATTERNS, MatrixResult, WeightView, matrix_results, select_matrices
 from rlscope.weight_geometry import (Snapshot, full_numel, full_parameters, physical_memory_bytes,
                                      split_matrices)
@@ -39,7 +39,7 @@ def _world() -> tuple[int, int]:
 def _barrier() -> None:
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if multi_rank():
         dist.barrier()
 
 
