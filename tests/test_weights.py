@@ -11,8 +11,8 @@ import scipy.linalg
 import torch
 
 from rlscope.probes import scalars_of
-from rlscope.probes.weights import (aggregate, kind_of, layer_of, matrix_geometry, principal_angles, select_matrices,
-                                    sq_norm, top_svd)
+from rlscope.probes.weights import (aggregate, difference, kind_of, layer_of, matrix_geometry, principal_angles,
+                                    select_matrices, sq_norm, top_svd)
 
 
 def _pair(seed, m=40, n=30, eps=0.05):
@@ -191,6 +191,40 @@ def test_squared_norms_accumulate_in_float64():
     assert stats["dw_rel_norm"] == pytest.approx(math.sqrt(fro2), rel=1e-12)
     s1 = float(torch.linalg.svdvals(d)[0])
     assert stats["dw_rank1_energy"] == pytest.approx(s1 ** 2 / fro2, rel=1e-9)
+
+
+@pytest.mark.parametrize("shape", [(300, 200), (700, 1100)])  # one block, many blocks (and a partial last one)
+def test_difference_of_bf16_weights_is_exact_with_its_float64_norm(shape):
+    """dW of bf16 weights, written into a float32 buffer in blocks: every entry exactly wt - w0 (bf16 values are exact
+    in float32 and so is their difference here), its squared norm to float64 rounding."""
+    g = torch.Generator().manual_seed(1)
+    w0 = (0.02 * torch.randn(*shape, generator=g)).to(torch.bfloat16)
+    wt = (w0.float() + 1e-3 * torch.randn(*shape, generator=g)).to(torch.bfloat16)
+    out = torch.full(shape, float("nan"))
+    fro2 = difference(wt, w0, out)
+    d = wt.double() - w0.double()
+    assert torch.equal(out.double(), d)
+    assert fro2 == pytest.approx(math.fsum((d ** 2).reshape(-1).tolist()), rel=1e-13)
+
+
+def test_bf16_matrices_equal_their_float32_copies_whatever_the_buffers_held_before():
+    """A bf16 matrix goes through reused float32 buffers (a wide one transposed): each matrix's numbers equal those
+    of its float32 copy to the certified bound, and computing another shape in between changes nothing."""
+    g = torch.Generator().manual_seed(2)
+    mats = {}
+    for name, (m, n) in {"wide": (300, 900), "tall": (900, 300)}.items():
+        w0 = _spectrum_matrix("mp_powerlaw", max(m, n), min(m, n), seed=5)
+        w0 = (w0 if m >= n else w0.T).contiguous()
+        mats[name] = (w0.to(torch.bfloat16), _update(w0, 1, 3e-3).to(torch.bfloat16))
+    runs = [(name, *mats[name]) for name in ("wide", "tall", "wide")]
+    got = [matrix_geometry(w0, wt, k=8)[0] for _, w0, wt in runs]
+    assert got[0] == got[2]  # the tall matrix in between left nothing behind
+    for (name, w0, wt), stats in zip(runs, got):
+        ref, _ = matrix_geometry(w0.float(), wt.float(), k=8)
+        for key in ("angle_left_mean", "angle_right_mean", "angle_left_max", "angle_right_max"):
+            assert abs(stats[key] - ref[key]) <= stats["angle_error_bound"] + ref["angle_error_bound"], (name, key)
+        assert stats["dw_rel_norm"] == pytest.approx(ref["dw_rel_norm"], rel=1e-12)
+        assert stats["sv_rel_change_max"] == pytest.approx(ref["sv_rel_change_max"], rel=1e-6, abs=1e-9)
 
 
 def test_probe_on_precomputed_results_equals_probe_computing_them():

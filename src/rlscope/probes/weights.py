@@ -60,6 +60,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
@@ -121,16 +122,40 @@ def layer_of(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+_SQ_CHUNK = 1 << 16
+
+
 def sq_norm(t: torch.Tensor) -> float:
     """||t||_F^2 with the squares accumulated in float64 (a float32 accumulation is off by ~1e-3 relative at 8960 x
-    1536). On CPU in blocks that stay in cache (4x faster than converting the whole tensor)."""
+    1536). On CPU in blocks converted into one float64 buffer that stays in cache (faster than converting the whole
+    tensor, and no extra 8 bytes per entry)."""
     t = t.detach()
-    if t.is_cuda or t.numel() <= 1 << 16:
+    if t.is_cuda or t.numel() <= _SQ_CHUNK:
         return float(torch.linalg.vector_norm(t, dtype=torch.float64)) ** 2
-    flat = t.reshape(-1)
+    buf = torch.empty(_SQ_CHUNK, dtype=torch.float64)
     total = torch.zeros((), dtype=torch.float64)
-    for part in flat.split(1 << 16):
-        total += torch.linalg.vector_norm(part, dtype=torch.float64).square()
+    for part in t.reshape(-1).split(_SQ_CHUNK):
+        b = buf[:part.numel()].copy_(part)
+        total += torch.dot(b, b)
+    return float(total)
+
+
+def difference(wt: torch.Tensor, w0: torch.Tensor, out: torch.Tensor) -> float:
+    """``out`` = wt - w0 (``out``'s dtype, float32 or float64: exact for bf16 or float32 weights) and ||out||_F^2
+    (squares accumulated in float64, as :func:`sq_norm`), in one sweep of blocks that stay in cache on CPU."""
+    if out.is_cuda or out.numel() <= _SQ_CHUNK:
+        torch.sub(out.copy_(wt), w0, out=out)
+        return sq_norm(out)
+    buf = torch.empty(_SQ_CHUNK, dtype=torch.float64)
+    total = torch.zeros((), dtype=torch.float64)
+    o, a, b = out.view(-1), wt.reshape(-1), w0.reshape(-1)
+    for i in range(0, o.numel(), _SQ_CHUNK):
+        part = o[i:i + _SQ_CHUNK].copy_(a[i:i + _SQ_CHUNK]).sub_(b[i:i + _SQ_CHUNK])
+        if part.dtype == torch.float64:
+            total += torch.dot(part, part)
+        else:
+            c = buf[:part.numel()].copy_(part)
+            total += torch.dot(c, c)
     return float(total)
 
 
@@ -164,6 +189,36 @@ def all_threads():
         yield
     finally:
         torch.set_num_threads(now)
+
+
+class _Workspace:
+    """Buffers reused from matrix to matrix (one set per thread): W_t in float32 and dW. A fresh tensor of a weight
+    matrix's size is fresh memory from the OS, and the first write to each of its pages faults: converting an
+    8960 x 1536 bf16 matrix into a new float32 tensor takes ~3x as long as into one already touched."""
+
+    _local = threading.local()
+
+    @classmethod
+    def get(cls, slot: str, shape, dtype: torch.dtype, device) -> torch.Tensor:
+        """An uninitialised tensor of ``shape`` backed by buffer ``slot`` (valid until ``slot`` is asked for again)."""
+        bufs = cls._local.__dict__.setdefault("bufs", {})
+        buf = bufs.get(slot)
+        n = math.prod(shape)
+        if buf is None or buf.numel() < n or buf.dtype != dtype or buf.device != torch.device(device):
+            buf = bufs[slot] = torch.empty(n, dtype=dtype, device=device)
+        return buf[:n].view(shape)
+
+    @classmethod
+    def release(cls) -> None:
+        cls._local.__dict__.pop("bufs", None)
+
+
+def _as(t: torch.Tensor, dtype: torch.dtype, slot: str) -> torch.Tensor:
+    """``t`` in ``dtype``: itself when it already is, else converted into the workspace buffer ``slot`` (valid until
+    that slot is asked for again)."""
+    if t.dtype == dtype:
+        return t
+    return _Workspace.get(slot, t.shape, dtype, t.device).copy_(t)
 
 
 # -- the error bound ---------------------------------------------------------------------------------------------------
@@ -220,17 +275,28 @@ def _orth(x: torch.Tensor) -> torch.Tensor:
 class _Gram:
     """H = A^T A for A = ``w`` oriented tall (``w.T`` when ``w`` is wide), applied to blocks in float32 or float64.
 
-    The products are laid out so that the large matrix is always the row-major operand (``w.T @ Y`` is several times
-    slower than ``(Y.T @ w).T`` on CPU BLAS). Float64 products of a float32 matrix on CPU convert it in blocks of
-    rows that stay in cache instead of making a float64 copy (as fast, and no extra 8 bytes per entry)."""
+    A bf16 / fp16 ``w`` is converted once into a reused float32 buffer (:class:`_Workspace`), laid out as A itself
+    (a wide ``w`` transposed): the products of a tall row-major A are the fastest on CPU BLAS (those of a wide one,
+    ``(X^T w)^T`` and ``w Y``, take ~1.4x as long in float32 and ~2x in float64). A float32 / float64 ``w`` is used
+    as it is, in either orientation (``w.T @ Y`` is several times slower than ``(Y.T @ w).T``, so the large matrix
+    is always the row-major operand). Float64 products of a float32 matrix on CPU convert it in blocks of rows that
+    stay in cache, into one reused buffer, instead of making a float64 copy."""
 
     CHUNK_BYTES = 1 << 20
 
     def __init__(self, w: torch.Tensor):
-        self.wide = w.shape[0] < w.shape[1]
+        self.wide = w.shape[0] < w.shape[1]  # w's orientation (the triplets are returned in it)
         self.n = min(w.shape)
-        self.w32 = w if w.dtype == torch.float32 else w.float()
         self.w64 = w if w.dtype == torch.float64 else None
+        if w.dtype in (torch.float32, torch.float64):
+            self.w32 = w if w.dtype == torch.float32 else w.float()
+            self.rows_wide = self.wide  # how w32 is stored: A^T (w itself) when True, A when False
+        else:
+            self.w32 = _Workspace.get("gram", (max(w.shape), self.n), torch.float32, w.device)
+            with all_threads():
+                self.w32.copy_(w.T if self.wide else w)
+            self.rows_wide = False
+        self._chunk: torch.Tensor | None = None
         self.passes = 0
 
     def apply(self, X: torch.Tensor, double: bool, want_ax: bool = True):
@@ -246,7 +312,7 @@ class _Gram:
             w, x = (self.w64 if self.w64 is not None else self.w32.double()), X
         else:
             w, x = self.w32, X.float()
-        if self.wide:  # A = w^T: A X = (X^T w)^T, A^T Y = w Y
+        if self.rows_wide:  # A = w^T: A X = (X^T w)^T, A^T Y = w Y
             Y = (x.T @ w).T
             Z = w @ Y
         else:  # A = w: A X = w X, A^T Y = (Y^T w)^T
@@ -254,41 +320,50 @@ class _Gram:
             Z = (Y.T @ w).T
         return (Y.double() if want_ax else None), Z.double()
 
+    def _chunk_buffer(self, rows: int, cols: int) -> torch.Tensor:
+        if self._chunk is None or self._chunk.numel() < rows * cols:
+            self._chunk = torch.empty(rows * cols, dtype=torch.float64)
+        return self._chunk[:rows * cols].view(rows, cols)
+
     def _blocked64(self, X: torch.Tensor, want_ax: bool):
         w = self.w32
-        rows = max(8, self.CHUNK_BYTES // (8 * self.n))
-        big = w.shape[1] if self.wide else w.shape[0]
-        Ys = []
-        if self.wide:  # A = w^T: Y^T = X^T w and Z = w Y, each a sweep over w's (contiguous) rows
+        b = X.shape[1]
+        if self.rows_wide:  # A = w^T: Y^T = X^T w and Z = w Y, each a sweep over w's (contiguous) rows
+            big = w.shape[1]
             rows = max(1, self.CHUNK_BYTES // (8 * big))
-            Yt = torch.zeros(X.shape[1], big, dtype=torch.float64)
+            buf = self._chunk_buffer(rows, big)
+            Yt = torch.zeros(b, big, dtype=torch.float64)
             for i in range(0, self.n, rows):
-                Yt.addmm_(X[i:i + rows].T, w[i:i + rows].double())
+                c = buf[:min(rows, self.n - i)].copy_(w[i:i + rows])
+                Yt.addmm_(X[i:i + rows].T, c)
             Y = Yt.T
-            Z = torch.cat([w[i:i + rows].double() @ Y for i in range(0, self.n, rows)])
+            Z = torch.empty(self.n, b, dtype=torch.float64)
+            for i in range(0, self.n, rows):
+                c = buf[:min(rows, self.n - i)].copy_(w[i:i + rows])
+                torch.mm(c, Y, out=Z[i:i + rows])
             return (Y if want_ax else None), Z
-        else:
-            Zt = torch.zeros(X.shape[1], self.n, dtype=torch.float64)
-            for i in range(0, big, rows):
-                c = w[i:i + rows].double()
-                y = c @ X
-                Zt.addmm_(y.T, c)
-                Ys.append(y)
-            Z = Zt.T
-        return (torch.cat(Ys) if want_ax else None), Z
+        big = w.shape[0]
+        rows = max(8, self.CHUNK_BYTES // (8 * self.n))
+        buf = self._chunk_buffer(rows, self.n)
+        Y = torch.empty(big, b, dtype=torch.float64)
+        Zt = torch.zeros(b, self.n, dtype=torch.float64)
+        for i in range(0, big, rows):
+            c = buf[:min(rows, big - i)].copy_(w[i:i + rows])
+            y = torch.mm(c, X, out=Y[i:i + rows])
+            Zt.addmm_(y.T, c)
+        return (Y if want_ax else None), Zt.T
 
     def times(self, X: torch.Tensor) -> torch.Tensor:
         """A X in float64 (not counted as a pass: a few columns, for the left vectors)."""
         w = self.w64 if self.w64 is not None else self.w32
         x = X if w.dtype == torch.float64 else X.to(w.dtype)
-        return ((x.T @ w).T if self.wide else w @ x).double()
+        return ((x.T @ w).T if self.rows_wide else w @ x).double()
 
 
 def _extend(Q: torch.Tensor, N: torch.Tensor) -> torch.Tensor | None:
     """An orthonormal block spanning what ``N`` adds to span(Q) (None when nothing: the space is invariant)."""
     scale = float(N.norm()) or 1.0
-    for _ in range(2):
-        N = N - Q @ (Q.T @ N)
+    N = N - Q @ (Q.T @ N)  # block Gram-Schmidt, then once more after normalising ("twice is enough")
     keep = N.norm(dim=0) > 1e-10 * scale
     if not bool(keep.any()):
         return None
@@ -350,13 +425,13 @@ def _dense(op: _Gram, k: int, d: int) -> TopSVD:
     """Exact (float64) top-k triplets from the eigendecomposition of the n x n Gram matrix."""
     with all_threads():
         w = op.w64 if op.w64 is not None else op.w32.double()
-        H = w @ w.T if op.wide else w.T @ w
+        H = w @ w.T if op.rows_wide else w.T @ w
     theta, W = torch.linalg.eigh(H)
     theta, W = theta.flip(0), W.flip(1)
     d = min(d, op.n)
     R = H @ W[:, :d] - W[:, :d] * theta[:d]
     bound, gap = ritz_bound(theta[:d], R, k) if k < op.n else (0.0, math.nan)
-    AV = (W[:, :k].T @ w).T if op.wide else w @ W[:, :k]
+    AV = (W[:, :k].T @ w).T if op.rows_wide else w @ W[:, :k]
     return _triplets(op, theta, W, AV, k, bound, gap, 0, None, True)
 
 
@@ -526,16 +601,18 @@ def _matrix_geometry(w0, wt, k, svd0, prev_dir, n_dw_sv, exact_below, cache, abs
     cache = {} if cache is None else cache
     keep64 = w0.dtype == torch.float64 and wt.dtype == torch.float64
     work = torch.float64 if keep64 else torch.float32
-    with all_threads():  # conversions and the difference: memory-bound passes over the matrices
-        w0 = w0.detach().to(work)
-        wt = wt.detach().to(device=w0.device, dtype=work)
+    w0, wt = w0.detach(), wt.detach().to(device=w0.device)
     if svd0 is not None:
         cache["svd0"] = svd0
-    if "svd0" not in cache:
-        cache["svd0"] = top_svd(w0, k, exact_below, tol=W0_TOL_SHARE * abs_tol, max_passes=max(max_passes, 60))
-    if "fro0" not in cache:
+    if "svd0" not in cache or "fro0" not in cache:  # once per run: W_0 (bf16 as it is: top_svd converts it)
         with all_threads():
-            cache["fro0"] = sq_norm(w0)
+            w0w = w0 if w0.dtype in (torch.bfloat16, torch.float16) else _as(w0, work, "w")
+        if "svd0" not in cache:
+            cache["svd0"] = top_svd(w0w, k, exact_below, tol=W0_TOL_SHARE * abs_tol, max_passes=max(max_passes, 60))
+        if "fro0" not in cache:
+            with all_threads():
+                cache["fro0"] = sq_norm(w0w)
+        del w0w
     s0 = cache["svd0"]
     e0 = math.asin(min(1.0, s0.bound)) if math.isfinite(s0.bound) else math.inf
     resolved0 = math.isfinite(e0)
@@ -563,9 +640,9 @@ def _matrix_geometry(w0, wt, k, svd0, prev_dir, n_dw_sv, exact_below, cache, abs
     rel = (svdt.S - s0.S.to(svdt.S.device)) / s0.S.to(svdt.S.device).clamp(min=1e-30)
     out["sv_rel_change_mean"] = float(rel.abs().mean())
     out["sv_rel_change_max"] = float(rel.abs().max())
-    with all_threads():
-        dw = wt - w0
-        fro2 = sq_norm(dw)
+    with all_threads():  # dW in the working precision (exact for bf16 or float32 weights), into a reused buffer
+        dw = _Workspace.get("dw", wt.shape, work, wt.device)
+        fro2 = difference(wt, w0, dw)
     out["dw_rel_norm"] = math.sqrt(fro2 / cache["fro0"]) if cache["fro0"] > 0 else math.nan
     n = max(n_dw_sv, 1)
     if fro2 == 0:  # no update yet: flagged by NaN, not a fake number
