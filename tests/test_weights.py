@@ -210,7 +210,6 @@ def test_difference_of_bf16_weights_is_exact_with_its_float64_norm(shape):
 def test_bf16_matrices_equal_their_float32_copies_whatever_the_buffers_held_before():
     """A bf16 matrix goes through reused float32 buffers (a wide one transposed): each matrix's numbers equal those
     of its float32 copy to the certified bound, and computing another shape in between changes nothing."""
-    g = torch.Generator().manual_seed(2)
     mats = {}
     for name, (m, n) in {"wide": (300, 900), "tall": (900, 300)}.items():
         w0 = _spectrum_matrix("mp_powerlaw", max(m, n), min(m, n), seed=5)
