@@ -363,6 +363,44 @@ def test_resumed_run_keeps_its_stored_w0(tmp_path, tiny_path):
     assert last["rlscope/weights/dw_rel_norm"] > 0  # measured against the stored reference, not the model itself
 
 
+def test_a_resumed_run_starts_warm_and_gives_the_numbers_of_an_uninterrupted_one(tmp_path):
+    """W_0's triplets and the warm starts are kept in the run directory: a run resumed after its probe at step 2
+    (a fresh observatory on the same run directory) computes step 3 from the same starts as the uninterrupted run --
+    the same numbers, the same passes -- where one that lost them starts cold and takes more passes."""
+    import shutil
+
+    from rlscope.callbacks import Observatory
+
+    model = _toy_model()
+    w0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    def run(run_dir, steps):
+        obs = Observatory({"weights": {"every": 1, "k": 8, "exact_below": 100}}, run_dir=run_dir)
+        for step in steps:
+            with torch.no_grad():
+                for n, p in model.named_parameters():
+                    p.copy_(w0[n] if step == 0 else _update(w0[n], step, 1e-2, seed=len(n)))
+            obs.measure(model, step=step, when="start" if step == 0 else "step")
+        return {r["matrix"]: r for r in obs.latest["weights"][1]["per_matrix"].rows}
+
+    def comparable(rows):  # the direction cosines need the previous probe's directions (the probe's own state)
+        return {m: {k: v for k, v in r.items() if not k.startswith("dw_dir_cos")} for m, r in rows.items()}
+
+    whole = run(tmp_path / "a", [0, 1, 2, 3])
+    run(tmp_path / "b", [0, 1, 2])
+    assert sorted(p.name.split(".")[0] for p in (tmp_path / "b" / "weights" / "warm").glob("step*")) == [
+        "step00000000", "step00000001", "step00000002"]
+    resumed = run(tmp_path / "b", [3])
+    assert comparable(resumed) == comparable(whole)
+    run(tmp_path / "c", [0, 1, 2])
+    shutil.rmtree(tmp_path / "c" / "weights" / "warm")
+    cold = run(tmp_path / "c", [3])
+    assert sum(r["passes"] for r in cold.values()) > sum(r["passes"] for r in whole.values())
+    for m, r in cold.items():  # cold, and as accurate: within the bounds of the warm numbers
+        assert abs(r["angle_left_mean"] - whole[m]["angle_left_mean"]) <= (
+            r["angle_error_bound"] + whole[m]["angle_error_bound"])
+
+
 # -- the matrices split across two real processes --------------------------------------------------------------------
 
 _TOY = {"self_attn.q_proj": (320, 320), "self_attn.k_proj": (64, 320), "mlp.gate_proj": (640, 320),

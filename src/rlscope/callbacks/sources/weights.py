@@ -17,13 +17,15 @@ chunks of bounded memory, each chunk computed after its gathers, so that ranks c
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
 
 from rlscope.callbacks.sources import SOURCES, Source
 from rlscope.common import model_is_partitioned, multi_rank
-from rlscope.probes.weights import DEFAULT_PATTERNS, MatrixResult, WeightView, matrix_results, select_matrices
+from rlscope.probes.weights import (DEFAULT_PATTERNS, MatrixResult, TopSVD, WeightView, matrix_results,
+                                    select_matrices)
 from rlscope.weight_geometry import (Snapshot, full_numel, full_parameters, physical_memory_bytes,
                                      split_matrices)
 
@@ -62,11 +64,15 @@ class WeightSource(Source):
         self.snapshot: Snapshot | None = None
         self.cache: dict[str, dict] = {}  # per matrix: W_0's triplets, warm starts (this rank's share)
         self.options: dict[str, dict] = {}  # per probe on this source: its options (defaults filled in)
+        self.warm_dir: Path | None = None  # where the warm starts are kept for a resume (the run's weights/warm)
+        self._w0_saved: set[str] = set()
 
     def bind(self, trainer, engine) -> None:
         super().bind(trainer, engine)
-        if self.snapshot_dir is None and engine.run_dir is not None:
-            self.snapshot_dir = Path(engine.run_dir) / "weights" / "w0"
+        if engine is not None and engine.run_dir is not None:
+            if self.snapshot_dir is None:
+                self.snapshot_dir = Path(engine.run_dir) / "weights" / "w0"
+            self.warm_dir = Path(engine.run_dir) / "weights" / "warm"
 
     def check(self, probe_name: str, options: dict) -> None:
         from rlscope.probes import get_probe
@@ -103,6 +109,7 @@ class WeightSource(Source):
             missing = set(self.names) - set(self.snapshot.names)
             if missing:
                 raise ValueError(f"weights source: the stored W_0 in {self.snapshot_dir} lacks {sorted(missing)[:3]}")
+            self._load_warm(ctx.step)
             return
         t0 = time.perf_counter()
         mine = set(self.mine)
@@ -123,6 +130,75 @@ class WeightSource(Source):
                 out.append(MatrixResult(name, error=f"{type(exc).__name__}: {exc}"))
         return out
 
+    # -- warm starts kept across a resume ------------------------------------------------------------------------
+    # W_0's triplets (computed once, the costly cold start) go to ``w0.<world>.<rank>.safetensors`` when first
+    # computed; the warm-start bases of W_t and dW after each probe to ``step<N>.<world>.<rank>.safetensors`` (the
+    # last KEEP_STEPS probes). A resumed run reads every rank's files, so a different number of processes finds its
+    # share too, and takes the bases of its last probe at or before the resume step: its next probe starts where the
+    # uninterrupted run's would have, and gives the same numbers.
+    KEEP_STEPS = 3
+
+    def _save_warm(self, step: int) -> None:
+        from safetensors.torch import save_file
+
+        if self.warm_dir is None:
+            return
+        world, rank = _world()
+        self.warm_dir.mkdir(parents=True, exist_ok=True)
+        new = [n for n in self.mine if n in self.cache and "svd0" in self.cache[n] and n not in self._w0_saved]
+        if new:
+            tensors, meta = {}, {}
+            for n in new:
+                c = self.cache[n]
+                s0 = c["svd0"]
+                for key in ("U", "S", "V", "basis"):
+                    if getattr(s0, key) is not None:
+                        tensors[f"{n}\t{key}"] = getattr(s0, key).detach().cpu().contiguous()
+                meta[n] = {"bound": s0.bound, "rel_gap": s0.rel_gap, "passes": s0.passes, "certified": s0.certified,
+                           "fro0": c.get("fro0")}
+            _write(save_file, tensors, {"meta": json.dumps(meta)},
+                   self.warm_dir / f"w0.{world}.{rank}.step{step:08d}.safetensors")
+            self._w0_saved.update(new)
+        tensors = {f"{n}\t{key}": self.cache[n][key].detach().cpu().contiguous() for n in self.mine
+                   if n in self.cache for key in ("basis_t", "basis_dw") if self.cache[n].get(key) is not None}
+        _write(save_file, tensors, {}, self.warm_dir / f"step{step:08d}.{world}.{rank}.safetensors")
+        mine = sorted(self.warm_dir.glob(f"step*.{world}.{rank}.safetensors"))
+        for old in mine[:-self.KEEP_STEPS]:
+            old.unlink(missing_ok=True)
+
+    def _load_warm(self, step: int) -> None:
+        from safetensors import safe_open
+
+        if self.warm_dir is None or not self.warm_dir.is_dir():
+            return
+        mine = set(self.mine)
+        for path in sorted(self.warm_dir.glob("w0.*.safetensors")):
+            with safe_open(str(path), "pt") as f:
+                meta = json.loads(f.metadata()["meta"])
+                keys = set(f.keys())
+                for n, m in meta.items():
+                    if n not in mine:
+                        continue
+                    get = (lambda key, _n=n: f.get_tensor(f"{_n}\t{key}") if f"{_n}\t{key}" in keys else None)
+                    self.cache.setdefault(n, {})["svd0"] = TopSVD(get("U"), get("S"), get("V"), m["bound"],
+                                                                  m["rel_gap"], m["passes"], get("basis"),
+                                                                  m["certified"])
+                    if m.get("fro0") is not None:
+                        self.cache[n]["fro0"] = m["fro0"]
+                    self._w0_saved.add(n)
+        steps = sorted({int(p.name[4:12]) for p in self.warm_dir.glob("step*.safetensors")})
+        for later in (p for p in self.warm_dir.glob("step*.safetensors") if int(p.name[4:12]) > step):
+            later.unlink(missing_ok=True)  # of steps this run does again: not to be read by a later resume
+        steps = [s for s in steps if s <= step]
+        if not steps:
+            return
+        for path in self.warm_dir.glob(f"step{steps[-1]:08d}.*.safetensors"):
+            with safe_open(str(path), "pt") as f:
+                for flat in f.keys():
+                    n, key = flat.split("\t")
+                    if n in mine:
+                        self.cache.setdefault(n, {})[key] = f.get_tensor(flat)
+
     def collect(self, ctx, probes):
         due = [p for p in probes if p.name in self.options] or probes
         options = self.options.get(due[0].name, {}) if due else {}
@@ -137,6 +213,7 @@ class WeightSource(Source):
                 results.extend(self._compute(held, options))
         else:
             results = self._compute(full_parameters(ctx.model, self.mine), options)
+        self._save_warm(ctx.step)
         world, rank = _world()
         if world > 1:
             import torch.distributed as dist
@@ -149,3 +226,10 @@ class WeightSource(Source):
         order = {n: i for i, n in enumerate(self.names)}
         results.sort(key=lambda r: order[r.name])
         return WeightView(results=results, options=options)
+
+
+def _write(save_file, tensors: dict, metadata: dict, path: Path) -> None:
+    """A safetensors file written whole (a temporary file, then renamed): a crash leaves the previous one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata=metadata or None)
+    os.replace(tmp, path)
