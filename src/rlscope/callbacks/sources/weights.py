@@ -7,8 +7,8 @@ new one.
 The matrices are split across ranks (:func:`rlscope.weight_geometry.split_matrices`: by size, the same split on every
 rank): each rank keeps W_0 of its share only, computes the per-matrix statistics of its share with the weights
 probe's own per-matrix computation (:func:`rlscope.probes.weights.matrix_results`, keeping each matrix's warm starts
-between probes), and the results are gathered to the main process, whose probe aggregates them. One process
-computes them all the same way, and offline (:func:`rlscope.weight_geometry.offline_geometry`) the probe runs the same
+between probes, and in the run directory's ``weights/warm`` for a resume), and the results are gathered to the main
+process, whose probe aggregates them. One process computes them all the same way, and offline (:func:`rlscope.weight_geometry.offline_geometry`) the probe runs the same
 computation itself, so the numbers do not depend on the number of processes. Under DDP each rank reads its share of
 the (replicated) parameters with no collective; under DeepSpeed ZeRO-3 every rank takes part in the gather of every
 parameter (``GatheredParameters``, one at a time) and the rank that owns it keeps a CPU copy: the copies are made in
