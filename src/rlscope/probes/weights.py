@@ -125,19 +125,24 @@ def layer_of(name: str) -> int | None:
 _SQ_CHUNK = 1 << 16
 
 
+def _sq_sum(parts: Iterable[torch.Tensor]) -> float:
+    """The sum of the squares of ``parts`` (1-d, at most ``_SQ_CHUNK`` entries each), accumulated in float64: each
+    part converted into one float64 buffer that stays in cache."""
+    buf = torch.empty(_SQ_CHUNK, dtype=torch.float64)
+    total = torch.zeros((), dtype=torch.float64)
+    for part in parts:
+        c = part if part.dtype == torch.float64 else buf[:part.numel()].copy_(part)
+        total += torch.dot(c, c)
+    return float(total)
+
+
 def sq_norm(t: torch.Tensor) -> float:
     """||t||_F^2 with the squares accumulated in float64 (a float32 accumulation is off by ~1e-3 relative at 8960 x
-    1536). On CPU in blocks converted into one float64 buffer that stays in cache (faster than converting the whole
-    tensor, and no extra 8 bytes per entry)."""
+    1536). On CPU in blocks (:func:`_sq_sum`: faster than converting the whole tensor, no extra 8 bytes per entry)."""
     t = t.detach()
     if t.is_cuda or t.numel() <= _SQ_CHUNK:
         return float(torch.linalg.vector_norm(t, dtype=torch.float64)) ** 2
-    buf = torch.empty(_SQ_CHUNK, dtype=torch.float64)
-    total = torch.zeros((), dtype=torch.float64)
-    for part in t.reshape(-1).split(_SQ_CHUNK):
-        b = buf[:part.numel()].copy_(part)
-        total += torch.dot(b, b)
-    return float(total)
+    return _sq_sum(t.reshape(-1).split(_SQ_CHUNK))
 
 
 def difference(wt: torch.Tensor, w0: torch.Tensor, out: torch.Tensor) -> float:
@@ -146,17 +151,8 @@ def difference(wt: torch.Tensor, w0: torch.Tensor, out: torch.Tensor) -> float:
     if out.is_cuda or out.numel() <= _SQ_CHUNK:
         torch.sub(out.copy_(wt), w0, out=out)
         return sq_norm(out)
-    buf = torch.empty(_SQ_CHUNK, dtype=torch.float64)
-    total = torch.zeros((), dtype=torch.float64)
-    o, a, b = out.view(-1), wt.reshape(-1), w0.reshape(-1)
-    for i in range(0, o.numel(), _SQ_CHUNK):
-        part = o[i:i + _SQ_CHUNK].copy_(a[i:i + _SQ_CHUNK]).sub_(b[i:i + _SQ_CHUNK])
-        if part.dtype == torch.float64:
-            total += torch.dot(part, part)
-        else:
-            c = buf[:part.numel()].copy_(part)
-            total += torch.dot(c, c)
-    return float(total)
+    o, a, b, c = out.view(-1), wt.reshape(-1), w0.reshape(-1), _SQ_CHUNK
+    return _sq_sum(o[i:i + c].copy_(a[i:i + c]).sub_(b[i:i + c]) for i in range(0, o.numel(), c))
 
 
 _ALL_THREADS: list[int] = []  # the thread count outside small_ops (a stack: small_ops may nest)
@@ -207,10 +203,6 @@ class _Workspace:
         if buf is None or buf.numel() < n or buf.dtype != dtype or buf.device != torch.device(device):
             buf = bufs[slot] = torch.empty(n, dtype=dtype, device=device)
         return buf[:n].view(shape)
-
-    @classmethod
-    def release(cls) -> None:
-        cls._local.__dict__.pop("bufs", None)
 
 
 def _as(t: torch.Tensor, dtype: torch.dtype, slot: str) -> torch.Tensor:

@@ -8,8 +8,9 @@ The matrices are split across ranks (:func:`rlscope.weight_geometry.split_matric
 rank): each rank keeps W_0 of its share only, computes the per-matrix statistics of its share with the weights
 probe's own per-matrix computation (:func:`rlscope.probes.weights.matrix_results`, keeping each matrix's warm starts
 between probes, and in the run directory's ``weights/warm`` for a resume), and the results are gathered to the main
-process, whose probe aggregates them. One process computes them all the same way, and offline (:func:`rlscope.weight_geometry.offline_geometry`) the probe runs the same
-computation itself, so the numbers do not depend on the number of processes. Under DDP each rank reads its share of
+process, whose probe aggregates them. One process computes them all the same way, and offline
+(:func:`rlscope.weight_geometry.offline_geometry`) the probe runs the same computation itself, so the numbers do not
+depend on the number of processes. Under DDP each rank reads its share of
 the (replicated) parameters with no collective; under DeepSpeed ZeRO-3 every rank takes part in the gather of every
 parameter (``GatheredParameters``, one at a time) and the rank that owns it keeps a CPU copy: the copies are made in
 chunks of bounded memory, each chunk computed after its gathers, so that ranks compute in parallel.
@@ -186,13 +187,13 @@ class WeightSource(Source):
                     if m.get("fro0") is not None:
                         self.cache[n]["fro0"] = m["fro0"]
                     self._w0_saved.add(n)
-        steps = sorted({int(p.name[4:12]) for p in self.warm_dir.glob("step*.safetensors")})
-        for later in (p for p in self.warm_dir.glob("step*.safetensors") if int(p.name[4:12]) > step):
-            later.unlink(missing_ok=True)  # of steps this run does again: not to be read by a later resume
-        steps = [s for s in steps if s <= step]
-        if not steps:
-            return
-        for path in self.warm_dir.glob(f"step{steps[-1]:08d}.*.safetensors"):
+        files: dict[int, list[Path]] = {}
+        for path in self.warm_dir.glob("step*.safetensors"):
+            if int(path.name[4:12]) > step:  # of steps this run does again: not to be read by a later resume
+                path.unlink(missing_ok=True)
+            else:
+                files.setdefault(int(path.name[4:12]), []).append(path)
+        for path in files[max(files)] if files else ():
             with safe_open(str(path), "pt") as f:
                 for flat in f.keys():
                     n, key = flat.split("\t")
