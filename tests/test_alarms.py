@@ -71,8 +71,8 @@ def test_steady_noise_fires_nothing(tmp_path):
 
 # -- on real tiny runs ------------------------------------------------------------------------------------------------
 # An easy chainsum (2-3 terms) that the tiny model, warm-started on it, solves ~40% of the time: groups of 8 carry
-# gradient. A negative entropy coefficient (TRL's entropy_coef) makes the loss minimise entropy: it collapses to 10%
-# of its start within ~25 steps.
+# gradient. A negative entropy coefficient (TRL's entropy_coef) makes the loss minimise entropy: it collapses to
+# 10-12% of its start within ~25 steps.
 EASY = ["--task_config", '{"seed": 0, "min_terms": 2, "max_terms": 3}', "--max_completion_length", "32",
         "--overlong_buffer_len", "8", "--save_strategy", "no", "--disable_tqdm", "true", "--eval_heldout", "false",
         "--dynamic_sampling", "false", "--probes", "entropy", "--max_steps", "30"]
@@ -98,7 +98,9 @@ def test_a_provoked_collapse_alarms_before_it_completes_and_stop_on_stops_the_ru
     summary, entropy = _run(tmp_path, "collapse", "--learning_rate", "3e-4", "--entropy_coef", "-3.0",
                             "--alarms", '{"every": 2, "min_steps": 6}')
     first = entropy[min(entropy)]
-    done = min(s for s, h in entropy.items() if h <= 0.1 * first)  # the collapse has completed
+    # the collapse has (all but) completed: down 80%. How far it goes in 30 steps depends on the CPU's float rounding
+    # (below 10% of the start on one host, 12% on another), how fast it gets there much less.
+    done = min(s for s, h in entropy.items() if h <= 0.2 * first)
     fired = summary["alarms"]["entropy_collapse"]
     assert fired["step"] < done, (fired, done)
     summary, _ = _run(tmp_path, "stopped", "--learning_rate", "3e-4", "--entropy_coef", "-3.0",
