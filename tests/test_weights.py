@@ -226,6 +226,29 @@ def test_bf16_matrices_equal_their_float32_copies_whatever_the_buffers_held_befo
         assert stats["sv_rel_change_max"] == pytest.approx(ref["sv_rel_change_max"], rel=1e-6, abs=1e-9)
 
 
+@pytest.mark.parametrize("shape", [(300, 40), (40, 300)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64])
+def test_one_sweep_pass_equals_the_products_in_float64(monkeypatch, shape, dtype):
+    """A pass reads the matrix once, block by block (a last partial block too), converting blocks of another dtype:
+    A X and A^T A X equal the float64 products of the same (rounded) matrix, tall or wide, with or without A X."""
+    from rlscope.probes.weights import _Gram
+
+    monkeypatch.setattr(_Gram, "BLOCK_BYTES", 8 * 40 * 24)  # blocks of 24 rows (float64) / 48 (float32): 300 = 6.25
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(*shape, generator=g).to(dtype)
+    a = w.double().T if shape[0] < shape[1] else w.double()  # A, tall
+    x = torch.randn(40, 5, generator=g, dtype=torch.float64)
+    op = _Gram(w)
+    for double, tol in ((True, 1e-12), (False, 1e-5)):
+        ax, hx = op.apply(x, double)
+        assert ax.dtype == hx.dtype == torch.float64
+        assert torch.allclose(ax, a @ x, rtol=0, atol=tol * float((a.abs() @ x.abs()).max()))
+        assert torch.allclose(hx, a.T @ (a @ x), rtol=0, atol=tol * float((a.T.abs() @ (a.abs() @ x.abs())).max()))
+        none, hx2 = op.apply(x, double, want_ax=False)
+        assert none is None and torch.equal(hx2, hx)
+    assert op.passes == 4
+
+
 def test_probe_on_precomputed_results_equals_probe_computing_them():
     """The live path (per-matrix results computed by the ranks, handed to the probe) and the offline path (the probe
     computes them) give identical numbers, direction cosines included, over two probes."""

@@ -188,7 +188,7 @@ def all_threads():
 
 
 class _Workspace:
-    """Buffers reused from matrix to matrix (one set per thread): W_t in float32 and dW. A fresh tensor of a weight
+    """Buffers reused from matrix to matrix (one set per thread): dW, and W_t in float32 on a GPU. A fresh tensor of a weight
     matrix's size is fresh memory from the OS, and the first write to each of its pages faults: converting an
     8960 x 1536 bf16 matrix into a new float32 tensor takes ~3x as long as into one already touched."""
 
@@ -267,26 +267,28 @@ def _orth(x: torch.Tensor) -> torch.Tensor:
 class _Gram:
     """H = A^T A for A = ``w`` oriented tall (``w.T`` when ``w`` is wide), applied to blocks in float32 or float64.
 
-    A bf16 / fp16 ``w`` is converted once into a reused float32 buffer (:class:`_Workspace`), laid out as A itself
-    (a wide ``w`` transposed): the products of a tall row-major A are the fastest on CPU BLAS (those of a wide one,
-    ``(X^T w)^T`` and ``w Y``, take ~1.4x as long in float32 and ~2x in float64). A float32 / float64 ``w`` is used
-    as it is, in either orientation (``w.T @ Y`` is several times slower than ``(Y.T @ w).T``, so the large matrix
-    is always the row-major operand). Float64 products of a float32 matrix on CPU convert it in blocks of rows that
-    stay in cache, into one reused buffer, instead of making a float64 copy."""
+    On CPU a pass is one sweep over ``w`` as it is stored (:meth:`_sweep`): each block of A's rows (of ``w``'s columns
+    when wide) gives its part of A X and adds its share of A^T (A X) while it is still in cache, so the matrix is read
+    from memory once per pass instead of twice (a float32 pass of an 8960 x 1536 matrix: ~1.3x faster tall, ~1.5x
+    wide). A block whose dtype is not the product's (bf16 weights; float64 products of float32 ones) is converted
+    into one reused buffer: no converted copy of the whole matrix is made. On a GPU a bf16 / fp16 ``w`` is converted
+    once into a reused float32 buffer (:class:`_Workspace`) and a pass is two large products."""
 
-    CHUNK_BYTES = 1 << 20
+    BLOCK_BYTES = 1 << 21  # a block of the matrix in the product's dtype: stays in cache between its two products
 
     def __init__(self, w: torch.Tensor):
         self.wide = w.shape[0] < w.shape[1]  # w's orientation (the triplets are returned in it)
         self.n = min(w.shape)
         self.w64 = w if w.dtype == torch.float64 else None
-        if w.dtype in (torch.float32, torch.float64):
-            self.w32 = w if w.dtype == torch.float32 else w.float()
-            self.rows_wide = self.wide  # how w32 is stored: A^T (w itself) when True, A when False
+        self.rows_wide = self.wide  # how ``stored`` holds A: as A^T (w itself) when True, as A when False
+        if not w.is_cuda or w.dtype == torch.float32:  # on CPU swept as it is, each block converted in cache
+            self.stored = w
+        elif w.dtype == torch.float64:
+            self.stored = w.float()
         else:
-            self.w32 = _Workspace.get("gram", (max(w.shape), self.n), torch.float32, w.device)
+            self.stored = _Workspace.get("gram", (max(w.shape), self.n), torch.float32, w.device)
             with all_threads():
-                self.w32.copy_(w.T if self.wide else w)
+                self.stored.copy_(w.T if self.wide else w)
             self.rows_wide = False
         self._chunk: torch.Tensor | None = None
         self.passes = 0
@@ -294,61 +296,59 @@ class _Gram:
     def apply(self, X: torch.Tensor, double: bool, want_ax: bool = True):
         """(A X or None, A^T A X) for ``X`` (n, b) float64; float64 results; on all threads."""
         self.passes += 1
+        dtype = torch.float64 if double else torch.float32
+        w = self.w64 if double and self.w64 is not None else self.stored
         with all_threads():
-            return self._apply(X, double, want_ax)
-
-    def _apply(self, X: torch.Tensor, double: bool, want_ax: bool):
-        if double and self.w64 is None and not self.w32.is_cuda:
-            return self._blocked64(X, want_ax)
-        if double:
-            w, x = (self.w64 if self.w64 is not None else self.w32.double()), X
-        else:
-            w, x = self.w32, X.float()
-        if self.rows_wide:  # A = w^T: A X = (X^T w)^T, A^T Y = w Y
-            Y = (x.T @ w).T
-            Z = w @ Y
-        else:  # A = w: A X = w X, A^T Y = (Y^T w)^T
-            Y = w @ x
-            Z = (Y.T @ w).T
+            if w.is_cuda:  # one large product each: what a GPU does best
+                w, x = w.to(dtype), X.to(dtype)
+                Y = (x.T @ w).T if self.rows_wide else w @ x
+                Z = w @ Y if self.rows_wide else (Y.T @ w).T
+            else:
+                Y, Z = self._sweep(w, X.to(dtype), want_ax)
         return (Y.double() if want_ax else None), Z.double()
 
-    def _chunk_buffer(self, rows: int, cols: int) -> torch.Tensor:
-        if self._chunk is None or self._chunk.numel() < rows * cols:
-            self._chunk = torch.empty(rows * cols, dtype=torch.float64)
-        return self._chunk[:rows * cols].view(rows, cols)
+    def _chunk_buffer(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        if self._chunk is None or self._chunk.numel() < numel or self._chunk.dtype != dtype:
+            self._chunk = torch.empty(numel, dtype=dtype)
+        return self._chunk[:numel]
 
-    def _blocked64(self, X: torch.Tensor, want_ax: bool):
-        w = self.w32
-        b = X.shape[1]
-        if self.rows_wide:  # A = w^T: Y^T = X^T w and Z = w Y, each a sweep over w's (contiguous) rows
+    def _sweep(self, w: torch.Tensor, x: torch.Tensor, want_ax: bool):
+        """(A X or None, A^T A X) in ``x``'s dtype, in one sweep over ``w`` (converted block by block when its dtype
+        differs)."""
+        dtype, b = x.dtype, x.shape[1]
+        convert = w.dtype != dtype
+        step = max(8, self.BLOCK_BYTES // (x.element_size() * self.n))
+        if self.rows_wide:  # A = w^T (n x big): blocks of w's columns; their rows are strided views, BLAS reads them
             big = w.shape[1]
-            rows = max(1, self.CHUNK_BYTES // (8 * big))
-            buf = self._chunk_buffer(rows, big)
-            Yt = torch.zeros(b, big, dtype=torch.float64)
-            for i in range(0, self.n, rows):
-                c = buf[:min(rows, self.n - i)].copy_(w[i:i + rows])
-                Yt.addmm_(X[i:i + rows].T, c)
-            Y = Yt.T
-            Z = torch.empty(self.n, b, dtype=torch.float64)
-            for i in range(0, self.n, rows):
-                c = buf[:min(rows, self.n - i)].copy_(w[i:i + rows])
-                torch.mm(c, Y, out=Z[i:i + rows])
-            return (Y if want_ax else None), Z
-        big = w.shape[0]
-        rows = max(8, self.CHUNK_BYTES // (8 * self.n))
-        buf = self._chunk_buffer(rows, self.n)
-        Y = torch.empty(big, b, dtype=torch.float64)
-        Zt = torch.zeros(b, self.n, dtype=torch.float64)
-        for i in range(0, big, rows):
-            c = buf[:min(rows, big - i)].copy_(w[i:i + rows])
-            y = torch.mm(c, X, out=Y[i:i + rows])
-            Zt.addmm_(y.T, c)
+            buf = self._chunk_buffer(self.n * step, dtype) if convert else None
+            Yt = torch.empty(b, big, dtype=dtype) if want_ax else None
+            Z = torch.zeros(self.n, b, dtype=dtype)
+            xt = x.T
+            for j in range(0, big, step):
+                wj = w[:, j:j + step]
+                if convert:
+                    wj = buf[:wj.numel()].view(wj.shape).copy_(wj)
+                yt = xt @ wj  # (A X)^T for these rows of A
+                if want_ax:
+                    Yt[:, j:j + step] = yt
+                Z.addmm_(wj, yt.T)
+            return (Yt.T if want_ax else None), Z
+        big = w.shape[0]  # A = w (big x n): blocks of rows
+        buf = self._chunk_buffer(step * self.n, dtype) if convert else None
+        Y = torch.empty(big, b, dtype=dtype) if want_ax else torch.empty(step, b, dtype=dtype)
+        Zt = torch.zeros(b, self.n, dtype=dtype)
+        for i in range(0, big, step):
+            wi = w[i:i + step]
+            if convert:
+                wi = buf[:wi.numel()].view(wi.shape).copy_(wi)
+            y = torch.mm(wi, x, out=Y[i:i + step] if want_ax else Y[:wi.shape[0]])
+            Zt.addmm_(y.T, wi)
         return (Y if want_ax else None), Zt.T
 
     def times(self, X: torch.Tensor) -> torch.Tensor:
         """A X in float64 (not counted as a pass: a few columns, for the left vectors)."""
-        w = self.w64 if self.w64 is not None else self.w32
-        x = X if w.dtype == torch.float64 else X.to(w.dtype)
+        w = self.w64 if self.w64 is not None else self.stored.float()
+        x = X if w.dtype == torch.float64 else X.float()
         return ((x.T @ w).T if self.rows_wide else w @ x).double()
 
 
@@ -416,7 +416,7 @@ def _triplets(op: _Gram, theta, V, AV, k, bound, rel_gap, passes, basis, certifi
 def _dense(op: _Gram, k: int, d: int) -> TopSVD:
     """Exact (float64) top-k triplets from the eigendecomposition of the n x n Gram matrix."""
     with all_threads():
-        w = op.w64 if op.w64 is not None else op.w32.double()
+        w = op.w64 if op.w64 is not None else op.stored.double()
         H = w @ w.T if op.rows_wide else w.T @ w
     theta, W = torch.linalg.eigh(H)
     theta, W = theta.flip(0), W.flip(1)
@@ -536,7 +536,11 @@ def principal_angles(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     as in Bjorck & Golub (1973) and scipy.linalg.subspace_angles, angles below pi/4 come from the sines: the singular
     values of b - a (a^T b).
     """
-    a, b = a.to(torch.float64), b.to(torch.float64).to(a.device)
+    # fresh row-major float64 copies: the same numbers whatever the inputs' layout and alignment (W_0's vectors are
+    # column-major views when computed, row-major at an odd address when read back by a resumed run, and BLAS rounds
+    # the two differently on some CPUs)
+    a = torch.empty(a.shape, dtype=torch.float64, device=a.device).copy_(a)
+    b = torch.empty(b.shape, dtype=torch.float64, device=a.device).copy_(b)
     ab = a.T @ b
     cos = torch.linalg.svdvals(ab).clamp(-1.0, 1.0)  # descending -> angles ascending
     sin = torch.linalg.svdvals(b - a @ ab).clamp(-1.0, 1.0).flip(0)  # ascending -> angles ascending
