@@ -318,12 +318,13 @@ class _Gram:
         dtype, b = x.dtype, x.shape[1]
         convert = w.dtype != dtype
         step = max(8, self.BLOCK_BYTES // (x.element_size() * self.n))
+        xt = x.T.contiguous()  # (A X)^T by blocks, as (b x n) @ (n x rows): on this layout BLAS runs skinny products
+        # fastest (float64 with 40 columns: ~20% faster than rows @ x on an AMD EPYC core)
         if self.rows_wide:  # A = w^T (n x big): blocks of w's columns; their rows are strided views, BLAS reads them
             big = w.shape[1]
             buf = self._chunk_buffer(self.n * step, dtype) if convert else None
             Yt = torch.empty(b, big, dtype=dtype) if want_ax else None
-            Z = torch.zeros(self.n, b, dtype=dtype)
-            xt = x.T
+            Zt = torch.zeros(b, self.n, dtype=dtype)
             for j in range(0, big, step):
                 wj = w[:, j:j + step]
                 if convert:
@@ -331,19 +332,21 @@ class _Gram:
                 yt = xt @ wj  # (A X)^T for these rows of A
                 if want_ax:
                     Yt[:, j:j + step] = yt
-                Z.addmm_(wj, yt.T)
-            return (Yt.T if want_ax else None), Z
+                Zt.addmm_(yt, wj.T)
+            return (Yt.T.contiguous() if want_ax else None), Zt.T
         big = w.shape[0]  # A = w (big x n): blocks of rows
         buf = self._chunk_buffer(step * self.n, dtype) if convert else None
-        Y = torch.empty(big, b, dtype=dtype) if want_ax else torch.empty(step, b, dtype=dtype)
+        Yt = torch.empty(b, big, dtype=dtype) if want_ax else None
         Zt = torch.zeros(b, self.n, dtype=dtype)
         for i in range(0, big, step):
             wi = w[i:i + step]
             if convert:
                 wi = buf[:wi.numel()].view(wi.shape).copy_(wi)
-            y = torch.mm(wi, x, out=Y[i:i + step] if want_ax else Y[:wi.shape[0]])
-            Zt.addmm_(y.T, wi)
-        return (Y if want_ax else None), Zt.T
+            yt = xt @ wi.T
+            if want_ax:
+                Yt[:, i:i + step] = yt
+            Zt.addmm_(yt, wi)
+        return (Yt.T.contiguous() if want_ax else None), Zt.T
 
     def times(self, X: torch.Tensor) -> torch.Tensor:
         """A X in float64 (not counted as a pass: a few columns, for the left vectors)."""
