@@ -188,8 +188,8 @@ def all_threads():
 
 
 class _Workspace:
-    """Buffers reused from matrix to matrix (one set per thread): dW, and W_t in float32 on a GPU. A fresh tensor of a weight
-    matrix's size is fresh memory from the OS, and the first write to each of its pages faults: converting an
+    """Buffers reused from matrix to matrix (one set per thread): dW, and W_t in float32 on a GPU. A fresh tensor of a
+    weight matrix's size is fresh memory from the OS, and the first write to each of its pages faults: converting an
     8960 x 1536 bf16 matrix into a new float32 tensor takes ~3x as long as into one already touched."""
 
     _local = threading.local()
@@ -320,32 +320,20 @@ class _Gram:
         step = max(8, self.BLOCK_BYTES // (x.element_size() * self.n))
         xt = x.T.contiguous()  # (A X)^T by blocks, as (b x n) @ (n x rows): on this layout BLAS runs skinny products
         # fastest (float64 with 40 columns: ~20% faster than rows @ x on an AMD EPYC core)
-        if self.rows_wide:  # A = w^T (n x big): blocks of w's columns; their rows are strided views, BLAS reads them
-            big = w.shape[1]
-            buf = self._chunk_buffer(self.n * step, dtype) if convert else None
-            Yt = torch.empty(b, big, dtype=dtype) if want_ax else None
-            Zt = torch.zeros(b, self.n, dtype=dtype)
-            for j in range(0, big, step):
-                wj = w[:, j:j + step]
-                if convert:
-                    wj = buf[:wj.numel()].view(wj.shape).copy_(wj)
-                yt = xt @ wj  # (A X)^T for these rows of A
-                if want_ax:
-                    Yt[:, j:j + step] = yt
-                Zt.addmm_(yt, wj.T)
-            return (Yt.T.contiguous() if want_ax else None), Zt.T
-        big = w.shape[0]  # A = w (big x n): blocks of rows
-        buf = self._chunk_buffer(step * self.n, dtype) if convert else None
+        axis = 1 if self.rows_wide else 0  # wide: blocks of w's columns (strided views: BLAS reads them); tall: rows
+        big = w.shape[axis]
+        buf = self._chunk_buffer(self.n * step, dtype) if convert else None
         Yt = torch.empty(b, big, dtype=dtype) if want_ax else None
         Zt = torch.zeros(b, self.n, dtype=dtype)
         for i in range(0, big, step):
-            wi = w[i:i + step]
+            blk = w.narrow(axis, i, min(step, big - i))
             if convert:
-                wi = buf[:wi.numel()].view(wi.shape).copy_(wi)
-            yt = xt @ wi.T
+                blk = buf[:blk.numel()].view(blk.shape).copy_(blk)
+            at = blk if self.rows_wide else blk.T  # these rows of A, transposed (n x rows)
+            yt = xt @ at  # (A X)^T for these rows of A
             if want_ax:
                 Yt[:, i:i + step] = yt
-            Zt.addmm_(yt, wi)
+            Zt.addmm_(yt, at.T)
         return (Yt.T.contiguous() if want_ax else None), Zt.T
 
     def times(self, X: torch.Tensor) -> torch.Tensor:
