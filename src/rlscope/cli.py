@@ -52,7 +52,7 @@ def cmd_demo(ns) -> int:
     a = s.get("analysis") or {}
     if a.get("verdicts"):
         print("\nwhat the analysis found (rlscope analyze; numbers and intervals in analysis.json):")
-        from rlscope.common import terminal_safe
+        from rlscope.safe_text import terminal_safe
 
         for name, verdict in a["verdicts"].items():
             print(f"  {name + ':':<18} {terminal_safe(verdict)}")
@@ -149,7 +149,8 @@ def cmd_analyze(ns) -> int:
     wandb_runs = [wandb_io.require_run(path) for path in ns.paths] if ns.wandb else [None] * len(ns.paths)
     results = []
     for path, wandb_run in zip(ns.paths, wandb_runs):
-        result = analyze(path, fmt=ns.format, out=ns.out, names=ns.only, salvage=ns.salvage)
+        result = analyze(path, fmt=ns.format, out=ns.out, names=ns.only, salvage=ns.salvage,
+                         logging_steps=ns.logging_steps)
         if (result.get("meta") or {}).get("skipped"):
             print(f"rlscope: --salvage left out of {path}: " + "; ".join(
                 f"{f}: {v if isinstance(v, str) else 'lines ' + ', '.join(map(str, v))}"
@@ -157,7 +158,8 @@ def cmd_analyze(ns) -> int:
         results.append(result)
         if ns.wandb:
             out = Path(result["written_to"]).parent / "report.html" if result.get("written_to") else None
-            report = build_report([path], out=out, fmt=ns.format, keep_specs=True, salvage=ns.salvage)
+            report = build_report([path], out=out, fmt=ns.format, keep_specs=True, salvage=ns.salvage,
+                                  logging_steps=ns.logging_steps)
             result["report"] = report["report"]
             result["wandb"] = wandb_io.analyze_into_wandb(path, result, report, wandb_run)
         if not ns.json:
@@ -178,7 +180,8 @@ def cmd_report(ns) -> int:
     """One self-contained HTML report of a run, or a compare page of several; the last line is JSON."""
     from rlscope.report import build_report
 
-    info = build_report(ns.paths, out=ns.out, fmt=ns.format, labels=ns.label, salvage=ns.salvage)
+    info = build_report(ns.paths, out=ns.out, fmt=ns.format, labels=ns.label, salvage=ns.salvage,
+                        logging_steps=ns.logging_steps)
     if not ns.json:
         print(f"report: {info['report']} ({info['bytes'] / 1e6:.2f} MB, {info['seconds']:.1f} s; "
               f"{len(info['figures'])} figures" + (f", not drawn: {', '.join(info['not_drawn'])}"
@@ -227,6 +230,20 @@ def cmd_bench(ns) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of steps, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+LOGGING_STEPS_HELP = ("the run's logging interval, for a log whose dicts carry no step (a TRL console log without "
+                      "the Trainer header): its Nth dict is step N x this")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlscope", description="An observatory for RL post-training of LMs.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -272,12 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
     w.set_defaults(func=cmd_weights)
 
     an = sub.add_parser("analyze", help="analyse runs or logs (an rlscope run, a W&B offline run, trainer_state.json, "
-                                        "TensorBoard events, a verl console log, CSV): verdicts of every analysis; "
-                                        "the last output line is JSON")
+                                        "TensorBoard events, a TRL or verl console log, CSV): verdicts of every "
+                                        "analysis; the last output line is JSON")
     an.add_argument("paths", nargs="+", help="run directories, log files, or wandb://ENTITY/PROJECT/RUN_ID")
     an.add_argument("--json", action="store_true", help="print only the JSON line")
     an.add_argument("--salvage", action="store_true", help="read around corrupt records of an rlscope run (a damaged line, an unreadable meta.json) "
                          "instead of stopping at the first; what was left out is said")
+    an.add_argument("--logging-steps", type=_positive_int, default=None, metavar="N", help=LOGGING_STEPS_HELP)
     an.add_argument("--only", nargs="+", default=None, metavar="ANALYSIS",
                     help="run only these analyses (names as in the table); the run's own analysis.json is left as "
                          "it is unless --out is given")
@@ -285,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "rlscope run; not written for a foreign log)")
     an.add_argument("--format", default=None, help="the log format, when detection from the path is not enough "
                                                    "(rlscope, wandb, wandb_api, trainer_state, tensorboard, "
-                                                   "verl_log, csv)")
+                                                   "trl_console, verl_log, csv)")
     an.add_argument("--wandb", action="store_true", help="also write the analysis into the W&B run the path logged "
                                                          "to (resumed): verdicts and numbers in its summary as "
                                                          "rlscope/analysis/<name>/<stat>, the figures, the report as "
@@ -303,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--json", action="store_true", help="print only the JSON line")
     rp.add_argument("--salvage", action="store_true", help="read around corrupt records of an rlscope run (a damaged line, an unreadable meta.json) "
                          "instead of stopping at the first; what was left out is said")
+    rp.add_argument("--logging-steps", type=_positive_int, default=None, metavar="N", help=LOGGING_STEPS_HELP)
     rp.set_defaults(func=cmd_report)
 
     pr = sub.add_parser("probes", help="list every registered probe (source, inputs, cost, default cadence, options, "

@@ -47,16 +47,16 @@ def analyze_frame(frame: RunFrame, names=None, options: dict | None = None) -> d
 
 
 def analyze(path, fmt: str | None = None, out=None, names=None, options: dict | None = None,
-            salvage: bool = False) -> dict:
+            salvage: bool = False, logging_steps: int | None = None) -> dict:
     """Read ``path`` and analyse it; the result is written to ``analysis.json`` (see the module docstring). With
     ``names`` (a subset) the run's own ``analysis/analysis.json`` is left alone: only an ``out`` gets the subset.
-    ``salvage``: read around corrupt records (:func:`~rlscope.analysis.readers.read_run`)."""
+    ``salvage``, ``logging_steps``: as for :func:`~rlscope.analysis.readers.read_run`."""
     from rlscope.registry import check_names
 
     if names is not None:
         check_names("analysis", names, ANALYSES.names(), plural="analyses")
     t0 = time.perf_counter()
-    frame = read_run(path, fmt, salvage=salvage)
+    frame = read_run(path, fmt, salvage=salvage, logging_steps=logging_steps)
     read_seconds = time.perf_counter() - t0
     result = analyze_frame(frame, names, options)
     result["read_seconds"] = round(read_seconds, 3)
@@ -90,7 +90,7 @@ def print_table(result: dict, console=None) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from rlscope.common import terminal_safe
+    from rlscope.safe_text import terminal_safe
 
     def safe(text) -> str:  # verdicts can quote model text (e.g. planning_tokens' grams)
         return escape(terminal_safe(text))

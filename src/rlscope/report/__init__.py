@@ -25,14 +25,15 @@ class ReportRun:
     token_text: dict = field(default_factory=dict)  # (step, i) -> [(token, entropy)]: dumped per-token entropies
 
 
-def load_run(path, fmt: str | None = None, label: str | None = None, salvage: bool = False) -> ReportRun:
+def load_run(path, fmt: str | None = None, label: str | None = None, salvage: bool = False,
+             logging_steps: int | None = None) -> ReportRun:
     """Read a run and its analysis (saved when fresh, else computed and, for an rlscope run, saved)."""
     from rlscope.analysis.analyze import analyze_frame
     from rlscope.analysis.readers import read_run
 
     path = Path(path)
     t0 = time.perf_counter()
-    frame = read_run(path, fmt, salvage=salvage)
+    frame = read_run(path, fmt, salvage=salvage, logging_steps=logging_steps)
     saved = path / "analysis" / "analysis.json" if path.is_dir() else None
     metrics = path / "metrics.jsonl" if path.is_dir() else None
     result = None
@@ -91,7 +92,7 @@ def _item(t, i):
 
 
 def build_report(paths, out=None, fmt: str | None = None, labels=None, keep_specs: bool = False,
-                 salvage: bool = False) -> dict:
+                 salvage: bool = False, logging_steps: int | None = None) -> dict:
     """Write the report of one run (or the compare page of several); returns {path, bytes, seconds, figures, ...}
     (``keep_specs``: and each drawn figure's Vega-Lite spec under ``specs``, e.g. to render it for W&B)."""
     import altair  # noqa: F401  (the figures' library; imported here so a missing install fails before any work)
@@ -105,7 +106,7 @@ def build_report(paths, out=None, fmt: str | None = None, labels=None, keep_spec
     t0 = time.perf_counter()
     paths = [Path(p) for p in paths]
     labels = labels or [None] * len(paths)
-    runs = [load_run(p, fmt, lab, salvage=salvage) for p, lab in zip(paths, labels)]
+    runs = [load_run(p, fmt, lab, salvage=salvage, logging_steps=logging_steps) for p, lab in zip(paths, labels)]
     if len({r.label for r in runs}) < len(runs):
         for i, r in enumerate(runs):
             r.label = f"{i + 1}: {r.label}"

@@ -161,9 +161,10 @@ def entropy_law(runs):
             bands += [{"run": run.label, "entropy": float(h), "lo": float(p - band), "hi": float(p + band)}
                       for h, p in zip(hs, pred)]
     if not points:
-        raise NotDrawn("not measurable: " + (_reason(runs, "entropy_law") or "no entropy-law fit"))
+        raise NotDrawn(_reason(runs, "entropy_law") or "not measurable: no entropy-law fit")
     many = len(runs) > 1  # compare mode: each run its colour (points, both curves, the band); prefix/rest by shape
-    target = _analysis(runs[0], "entropy_law").get("target", "performance")
+    law0 = _analysis(runs[0], "entropy_law")
+    title = law0.get("target_label") or TARGET_TITLES.get(law0.get("target"), "performance")
     layers = []
     if bands:
         area = alt.Chart(alt.Data(values=bands)).mark_area(opacity=0.12 if many else 0.15)
@@ -172,7 +173,7 @@ def entropy_law(runs):
     legend = alt.Legend(orient="top", title=None)
     layers.append(alt.Chart(alt.Data(values=points)).mark_point(size=28, opacity=0.7, filled=True).encode(
         x=alt.X("entropy:Q", title="entropy H (nats)", scale=alt.Scale(zero=False)),
-        y=alt.Y("performance:Q", title=TARGET_TITLES.get(target, target), scale=alt.Scale(zero=False)),
+        y=alt.Y("performance:Q", title=title, scale=alt.Scale(zero=False)),
         color=_color(alt, runs) if many else alt.Color("part:N", legend=legend),
         shape=alt.Shape("part:N", legend=legend) if many else alt.value("circle"),
         tooltip=["run:N", "step:Q", "entropy:Q", "performance:Q", "part:N"]))
@@ -267,7 +268,7 @@ def passk(runs):
     curves, cross = [], []
     for run in runs:
         for ev in run.frame.passk:
-            label = "base" if ev.get("kind") == "base" else f"step {ev['step']}"
+            label = ev.get("label") or ("base" if ev.get("kind") == "base" else f"step {ev['step']}")
             curves += [{"run": run.label, "k": int(k), "pass": float(p), "model": label, "step": int(ev["step"]),
                         "base": ev.get("kind") == "base"} for k, p in _curve(ev)]
         b = _analysis(run, "boundary")
@@ -296,6 +297,8 @@ def _curve(ev) -> list[tuple[int, float]]:
     curve = ev.get("curve") or []
     if curve and isinstance(curve[0], (list, tuple)):
         return [(int(k), float(p)) for k, p in curve]
+    if ev.get("ks"):  # a published curve: pass@k at the listed ks only
+        return [(int(k), float(p)) for k, p in zip(ev["ks"], curve)]
     return [(k + 1, float(p)) for k, p in enumerate(curve)]
 
 
@@ -353,7 +356,7 @@ def health(runs):
             rows += [{"run": run.label, "step": point["step"], "detector": name, "severity": level}
                      for name, level in point["severity"].items()]
     if not rows:
-        raise NotDrawn("not measurable: " + (_reason(runs, "health") or "too few RL steps for a timeline"))
+        raise NotDrawn(_reason(runs, "health") or "not measurable: too few RL steps for a timeline")
     chart = alt.Chart(alt.Data(values=rows)).mark_rect().encode(
         x=alt.X("step:O", title="the run up to step"), y=alt.Y("detector:N", title=None),
         color=alt.Color("severity:N", scale=alt.Scale(domain=SEVERITY, range=SEVERITY_COLORS),

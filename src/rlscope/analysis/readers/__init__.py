@@ -41,7 +41,7 @@ class NoStepAxis(UsageError):
 
 
 # detection order: the most specific formats first (an rlscope run directory also holds a wandb/ directory)
-ORDER = ("rlscope", "wandb", "trainer_state", "tensorboard", "verl_log", "csv")
+ORDER = ("rlscope", "wandb", "trainer_state", "tensorboard", "trl_console", "verl_log", "passk_curve", "csv")
 
 
 def detect_format(path: str | Path) -> str:
@@ -63,19 +63,22 @@ def detect_format(path: str | Path) -> str:
                      f"metric).")
 
 
-def read_run(path: str | Path, fmt: str | None = None, salvage: bool = False) -> RunFrame:
+def read_run(path: str | Path, fmt: str | None = None, salvage: bool = False,
+             logging_steps: int | None = None) -> RunFrame:
     """Read a run or log into a frame; ``fmt`` (a registered format name) skips detection. ``salvage``: read around
     corrupt records (an rlscope run directory; the frame's ``meta["skipped"]`` says what was left out) -- the other
-    formats are read up to their first damaged record anyway."""
+    formats are read up to their first damaged record anyway. ``logging_steps``: the run's logging interval, for a
+    format whose steps may come from the records' order (a TRL console log)."""
     import inspect
 
     fmt = fmt or detect_format(path)
     target = path if str(path).startswith("wandb://") else Path(path)
     reader_ = READERS.get(fmt)
-    if salvage and "salvage" in inspect.signature(reader_.read).parameters:
-        frame = reader_.read(target, salvage=True)
-    else:
-        frame = reader_.read(target)
-    if not frame.raw:
+    params = inspect.signature(reader_.read).parameters
+    kw = {"logging_steps": logging_steps} if logging_steps is not None and "logging_steps" in params else {}
+    if salvage and "salvage" in params:
+        kw["salvage"] = True
+    frame = reader_.read(target, **kw)
+    if not frame.raw and not frame.passk:  # a pass@k curve table holds curves, no metric series
         raise NoStepAxis(f"{path} ({fmt}): no metric with a step was found")
     return frame
