@@ -166,7 +166,9 @@ def test_entropy_law_on_sparse_heldout_uses_the_entropy_between_evaluations():
     h_at = np.array([h[(X > e - 10) & (X <= e)].mean() if e else h[0] for e in ev])
     acc = 0.9 - 0.25 * np.exp(h_at) + rng.normal(0, 0.005, ev.size)
     r = run("entropy_law", frame_of({"entropy": (X, h), "val-core/gsm8k/acc/mean@1": (ev, acc)}))
-    assert r.values["target"] == "heldout_accuracy" and r.values["n_pairs"] == ev.size
+    # the evaluation at step 0 comes before any training step: no training entropy to pair it with, left out
+    assert r.values["target"] == "heldout_accuracy" and r.values["n_pairs"] == ev.size - 1
+    assert r.values["left_out"] == [0] and "at step 0, before any training step, left out" in r.verdict
     assert r.values["a"] == pytest.approx(0.25, rel=0.05) and r.values["b"] == pytest.approx(0.9, rel=0.05)
 
 
@@ -185,7 +187,7 @@ def test_ceiling_forecast_before_the_midpoint_is_marked_unusable():
     rng = np.random.default_rng(16)
     y = 0.1 + 0.6 / (1 + (220.0 / X) ** 4) + rng.normal(0, 0.01, X.size)  # the first half is all early, flat curve
     r = run("ceiling", frame_of({"reward": (X, y)}))
-    assert r.values["forecast_reliable"] is False and "not a usable forecast" in r.verdict
+    assert r.values["forecast_reliable"] is False and "no usable forecast" in r.verdict
 
 
 # -- boundary --------------------------------------------------------------------------------------------------------

@@ -31,6 +31,8 @@ ADVICE = {
                        "clip-higher (epsilon_high)",
     "plateau": "performance stopped improving: stop here, make the task harder, or revisit the reward",
     "reward_vs_heldout": "the reward rises but held-out accuracy does not: check the reward function for exploits",
+    "heldout_decline": "held-out accuracy is falling: keep the best checkpoint, lower the learning rate, add a KL "
+                       "term or mix in SFT data (forgetting), or widen the training prompts (overfitting)",
 }
 SEVERITY = {"ok": 0, "info": 1, "warn": 2, "crit": 3}
 

@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
+
 from rlscope.analysis.frame import RunFrame
 from rlscope.registry import Registry
 
@@ -31,7 +33,12 @@ def _describe(name: str) -> str:
 
 
 class Skip(Exception):
-    """The analysis cannot say anything about this run; the message says why."""
+    """The analysis cannot say anything about this run; the message says why. ``values``: numbers worth keeping all
+    the same (what the report draws), e.g. the fit that could not decide."""
+
+    def __init__(self, reason: str, values: dict | None = None):
+        super().__init__(reason)
+        self.values = values or {}
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,9 @@ def register(name: str, *, requires: tuple[tuple[str, ...], ...] = (), outputs: 
 
 
 PERFORMANCE = ("heldout_accuracy", "train_accuracy", "reward")
+_LABELS = {("heldout_accuracy", True): "held-out accuracy", ("heldout_accuracy", False): "held-out score",
+           ("train_accuracy", True): "training accuracy", ("train_accuracy", False): "correctness reward",
+           ("reward", True): "training reward", ("reward", False): "training reward"}
 
 
 def fmt3(v) -> str:
@@ -95,14 +105,61 @@ def fmt3(v) -> str:
     return "?" if v is None else f"{v:.3g}"
 
 
-def performance_series(frame: RunFrame, min_heldout: int = 6):
-    """``(name, steps, values)`` of the run's performance: held-out accuracy when it has at least ``min_heldout``
-    RL points, else training accuracy, else the training reward; ``(None, [], [])`` when the run has none."""
+@dataclass(frozen=True)
+class Performance:
+    """The run's performance series and what it is, so that a verdict names it in its own terms.
+
+    ``name``: the canonical name (held-out accuracy, training accuracy or reward; None when the run has none);
+    ``raw``: the log's name; ``accuracy``: it is a share in [0, 1] -- an accuracy by name whose values all lie there.
+    A "training accuracy" by name whose values leave [0, 1] (a correctness reward of 0 or 2, a 0-2 sum) is a
+    correctness reward, not a share: no range is assumed for it, nor for a reward.
+    """
+
+    name: str | None
+    raw: str | None
+    steps: np.ndarray
+    values: np.ndarray
+    accuracy: bool = False
+
+    @property
+    def label(self) -> str:
+        return _LABELS[(self.name, self.accuracy)] if self.name else "performance"
+
+    @property
+    def bounds(self) -> tuple[float, float] | None:
+        """The values the metric can take: [0, 1] for an accuracy, unknown (None) otherwise."""
+        return (0.0, 1.0) if self.accuracy else None
+
+    def describe(self) -> str:
+        """E.g. "held-out accuracy (val/acc, a share in [0, 1])", "training reward (reward, observed -9.7 to 10.9)"."""
+        if self.name is None:
+            return "performance"
+        if self.accuracy:
+            return f"{self.label} ({self.raw}, a share in [0, 1])"
+        lo, hi = (float(np.min(self.values)), float(np.max(self.values))) if len(self.values) else (math.nan,) * 2
+        note = ": not a share" if self.name != "reward" else ""
+        return f"{self.label} ({self.raw}, observed {lo:.3g} to {hi:.3g}{note})"
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
+def performance(frame: RunFrame, min_heldout: int = 6, min_points: int = 2) -> Performance:
+    """The run's performance: held-out accuracy when it has at least ``min_heldout`` RL points, else training accuracy,
+    else the training reward (each with at least ``min_points``); an empty :class:`Performance` when it has none."""
     for name in PERFORMANCE:
         steps, values = frame.series(name)
-        if len(steps) >= (min_heldout if name == "heldout_accuracy" else 2):
-            return name, steps, values
-    return None, steps[:0], values[:0]
+        if len(steps) >= max(min_heldout if name == "heldout_accuracy" else min_points, 1):
+            share = name != "reward" and bool(values.min() >= 0 and values.max() <= 1)
+            return Performance(name, frame.name_of(name), steps, values, share)
+    return Performance(None, None, np.zeros(0, np.int64), np.zeros(0))
+
+
+def clip_to(bounds, ci: list) -> list:
+    """An interval clipped to a metric's ``bounds`` (None: unknown, left as it is)."""
+    if bounds is None or ci[0] is None:
+        return ci
+    return [min(max(ci[0], bounds[0]), bounds[1]), min(max(ci[1], bounds[0]), bounds[1])]
 
 
 def _present(frame: RunFrame, name: str) -> bool:
@@ -124,7 +181,7 @@ def run_analysis(analysis: Analysis, frame: RunFrame, **options) -> Result:
         verdict, values = analysis.fn(frame, **options)
     except Skip as exc:
         reason = f"not measurable: {exc}"
-        return Result(analysis.name, "skipped", reason, empty, reason)
+        return Result(analysis.name, "skipped", reason, {**empty, **exc.values}, reason)
     return Result(analysis.name, "ok", verdict, {**empty, **values})
 
 

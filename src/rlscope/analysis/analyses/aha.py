@@ -2,7 +2,8 @@
 start near it (DeepSeek-AI 2025, R1-Zero's "aha moment"; Gandhi et al. 2025 on the cognitive behaviours behind it).
 
 Performance is held-out accuracy (>= 8 points), else training accuracy, else reward, over the RL steps (binned to at
-most 120 points). Its level shifts come from ruptures' PELT with the l2 cost and a penalty of 3 sigma^2 log n, sigma^2
+most 120 points). Its level shifts come from the optimal l2 partition (``stats.partition_l2``, what ruptures' PELT
+computes) with a penalty of 3 sigma^2 log n, sigma^2
 the long-run noise variance (residuals around a rolling median, inflated for their autocorrelation: training curves
 are autocorrelated, and a penalty for independent noise would cut them into many steps). At each shift, the jump of
 the segment means has a z-score from the same variance. The aha step is the largest upward
@@ -14,6 +15,8 @@ level before it plus half the jump); a gradual rise, or noise, has none.
 
 Near it (within max(10 steps, 10% of the RL steps)): the first upward shift of the reflection-word rate (rlscope's
 behaviour probe, or counted from rollout text) and the break of the length's shrink-then-grow pattern (``two_stage``).
+Where the run logs neither reflection words (a rate or completion text) nor length, the verdict says they were not
+measured rather than that they did not rise.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import math
 import numpy as np
 
 from rlscope.analysis import stats
-from rlscope.analysis.analyses import Skip, register
+from rlscope.analysis.analyses import Skip, performance, register
 
 MAX_POINTS = 120
 Z_MIN = 3.0
@@ -33,15 +36,13 @@ BIC_MARGIN = 6.0  # the step must beat a straight line by this much (as two_stag
 
 def level_shifts(steps: np.ndarray, y: np.ndarray) -> list[dict]:
     """Level shifts of a series: ``{"step", "before", "after", "jump", "z", "index"}`` per boundary, in order."""
-    import ruptures as rpt
-
     x, yb = stats.binned(steps, y, MAX_POINTS)
     n = len(yb)
     var = stats.long_run_variance(yb) if n >= 8 else 0.0
     if var == 0:
         return []
     min_size = max(1, n // 50)  # sparse evaluations: the first one alone can be the level before a jump
-    bkps = rpt.Pelt(model="l2", min_size=min_size, jump=1).fit(yb).predict(pen=3 * var * math.log(n))
+    bkps = stats.partition_l2(yb, 3 * var * math.log(n), min_size)
     bounds = [0, *bkps]
     segments = [(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
     means = [float(yb[a:b].mean()) for a, b in segments]
@@ -136,10 +137,13 @@ def reflection_series(frame) -> tuple[np.ndarray, np.ndarray]:
     steps, rate = frame.series("reflection_rate")
     if len(steps) >= 8:
         return steps, rate
-    from rlscope.probes.behavior import reflection_count
+    rows = frame.rollout_rows(max_steps=400, per_step=64)
+    if not rows:
+        return steps[:0], rate[:0]
+    from rlscope.probes.behavior import reflection_count  # the probe's own count (its package imports torch)
 
     per_step: dict[int, list[int]] = {}
-    for row in frame.rollout_rows(max_steps=400, per_step=64):
+    for row in rows:
         if isinstance(row.get("completion"), str):
             per_step.setdefault(int(row["step"]), []).append(reflection_count(row["completion"]))
     ks = sorted(per_step)
@@ -152,28 +156,23 @@ def reflection_series(frame) -> tuple[np.ndarray, np.ndarray]:
                    "reflection_step", "reflection_near", "length_regrowth_step", "length_near"))
 def aha(frame) -> tuple[str, dict]:
     """The step of the sharpest sustained rise in performance, and whether re-checking and length regrowth start near it."""
-    target = None
-    for name, minimum in (("heldout_accuracy", 8), ("train_accuracy", 8), ("reward", 8)):
-        steps, y = frame.series(name)
-        if len(steps) >= minimum:
-            target = name
-            break
-    if target is None:
+    perf = performance(frame, min_heldout=8, min_points=8)
+    if perf.name is None:
         raise Skip("performance has fewer than 8 RL points")
-    p = aha_point(steps, y)
+    p = aha_point(perf.steps, perf.values)
     rl = frame.rl_steps
     window = max(10, int(0.1 * (rl[-1] - rl[0]))) if len(rl) else 10
     values = {k: p.get(k) for k in ("found", "step", "step_window", "before", "after", "jump", "z", "share",
                                     "step_vs_line_bic")}
-    values.update({"target": target, "window": window, "found": p["found"]})
-    label = target.replace("_", " ")
+    values.update({"target": perf.name, "window": window, "found": p["found"]})
+    label = perf.describe()
     if not p["found"]:
         return f"No aha step in {label}: {p.get('reason', 'no sustained sharp rise')}.", values
     r_steps, r = reflection_series(frame)
     refl = first_rise(r_steps, r) if len(r_steps) >= 8 else None
-    from rlscope.analysis.analyses.two_stage import break_step
+    from rlscope.analysis.analyses.two_stage import length_pattern
 
-    regrow = break_step(frame)
+    length_shape, regrow = length_pattern(frame)
     values.update({"reflection_step": refl, "reflection_near": None if refl is None else abs(refl - p["step"]) <= window,
                    "length_regrowth_step": regrow,
                    "length_near": None if regrow is None else abs(regrow - p["step"]) <= window})
@@ -183,9 +182,18 @@ def aha(frame) -> tuple[str, dict]:
              else f"step {p['step']} (the rise spans steps {lo} to {hi})")
     verdict = (f"Aha at {where}: {label} jumps {p['before']:.3g} -> {p['after']:.3g} ({p['jump']:+.3g}, "
                f"z {p['z']:.1f}, {p['share']:.0%} of the whole rise) and stays up")
-    verdict += (f"; reflection words start rising at step {refl}" + (" (near it)" if values["reflection_near"] else
-                                                                    " (not near it)") if refl is not None else
-                "; no rise in reflection words")
-    verdict += (f"; length regrows from step {regrow}" + (" (near it)" if values["length_near"] else " (not near it)")
-                if regrow is not None else "; no length regrowth")
+    if refl is not None:
+        verdict += f"; reflection words start rising at step {refl}" + (" (near it)" if values["reflection_near"]
+                                                                         else " (not near it)")
+    elif len(r_steps) >= 8:
+        verdict += "; no rise in reflection words"
+    else:
+        verdict += "; reflection words not measured (the run logs no reflection rate or completion text)"
+    if regrow is not None:
+        verdict += f"; length regrows from step {regrow}" + (" (near it)" if values["length_near"] else " (not near it)")
+    elif length_shape not in (None, "unclear"):
+        verdict += f"; no length regrowth (length: {length_shape})"
+    else:
+        verdict += ("; length regrowth not measured (" + ("the run logs too few length points" if length_shape is None
+                                                          else "too few or too noisy length points to tell") + ")")
     return verdict + ".", values

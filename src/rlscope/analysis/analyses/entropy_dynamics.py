@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from rlscope.analysis import stats
-from rlscope.analysis.analyses import Skip, performance_series, register
+from rlscope.analysis.analyses import Skip, performance, register
 
 PERCENTILES = ("p10", "p50", "p90", "p99", "top20_share", "above_first_p80_share")
 
@@ -51,18 +51,17 @@ def entropy_dynamics(frame, floor_share: float = 0.1) -> tuple[str, dict]:
     half = max(len(h) // 2, 8)
     rs, rh = steps[-half:], h[-half:]
     tr = stats.trend(rs.astype(float), rh)
-    falling = tr["p"] is not None and tr["p"] < 0.05 and tr["slope"] < 0
-    rising = tr["p"] is not None and tr["p"] < 0.05 and tr["slope"] > 0
+    falling, rising = stats.direction(tr) < 0, stats.direction(tr) > 0
     proj = projection(rs.astype(float), rh, floor) if falling else {"model": None, "floor_step": None}
     span = int(steps[-1] - steps[0]) or 1
     to_floor = None if proj["floor_step"] is None else max(0, int(round(proj["floor_step"] - steps[-1])))
     warning = bool(end <= floor or (to_floor is not None and to_floor <= span))
     cliff = stats.cliff(steps, h)
-    perf_name, p_steps, p_vals = performance_series(frame)
+    perf = performance(frame)
     improving = None
-    if len(p_steps) >= 8:
-        pt = stats.trend(p_steps[-max(len(p_steps) // 2, 8):].astype(float), p_vals[-max(len(p_steps) // 2, 8):])
-        improving = bool(pt["p"] is not None and pt["p"] < 0.05 and pt["slope"] > 0)
+    if len(perf) >= 8:
+        half_p = max(len(perf) // 2, 8)
+        improving = stats.direction(stats.trend(perf.steps[-half_p:].astype(float), perf.values[-half_p:])) > 0
     pct = {}
     for name in PERCENTILES:
         ps, pv = frame.series(f"rlscope/entropy/{name}")
@@ -94,7 +93,7 @@ def entropy_dynamics(frame, floor_share: float = 0.1) -> tuple[str, dict]:
     if cliff is not None:
         verdict += f"; an abrupt drop at step {cliff['step']} ({cliff['before']:.3g} -> {cliff['after']:.3g})"
     if improving is not None:
-        verdict += f"; {perf_name.replace('_', ' ')} is {'still improving' if improving else 'no longer improving'}"
+        verdict += f"; {perf.describe()} is {'still improving' if improving else 'no longer improving'}"
     if values["cov_mean"] is not None:
         verdict += f"; mean Cov(logp, A) {values['cov_mean']:+.3g}"
     return verdict + ".", values

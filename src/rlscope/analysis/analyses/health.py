@@ -10,8 +10,8 @@ compared):
   al. 2025);
 * ``entropy_collapse`` -- entropy at its floor (10% of the start), or projected there within a quarter of the run
   (warn; crit when performance has stopped improving) or within the run's length (info / warn) (Cui et al. 2025);
-* ``reward_vs_heldout`` -- training reward rising while held-out accuracy does not (warn; crit when it falls): a
-  reward-hacking hint;
+* ``reward_vs_heldout`` -- training reward rising while held-out accuracy does not (warn; crit when it falls), or the
+  two significantly anti-correlated (Spearman p < 0.05): a reward-hacking hint;
 * ``length`` -- truncation at the cap (clipped share >= 5% warn, >= 15% crit), length collapse (end < half the
   start), and length growth >= 50% tracking the reward (Spearman >= 0.6) that held-out accuracy does not follow;
 * ``clip_saturation`` -- share of clipped tokens >= 0.10 info, 0.20 warn, 0.40 crit; one-sided clipping (lower >= 3x
@@ -20,10 +20,23 @@ compared):
   above 0.5 warn, pinned to the reference (max <= 1e-4 with a KL term) warn;
 * ``gradients`` -- non-finite norms crit, exactly-zero norms >= 20 / 40 / 70% of steps, vanishing (end <= 5% of the
   start) warn, spikes (robust z > 8 and > 3x the median) 1-2 info, >= 3 warn;
-* ``reward_composition`` -- a reward component carrying >= 70% of the reward variance (MAD^2 shares) when it is an
-  auxiliary (format-like) reward warn, >= 90% crit; components with < 2% of it are dead (info; warn for a task reward);
-* ``plateau`` -- performance flat over the recent 35% (not rising, drift below the noise) or declining; warn when that
-  has lasted 30%+ of the run and 50+ steps (since its last significant rise, a level shift as in ``aha``), else info.
+* ``reward_composition`` -- a reward component carrying >= 70% of the reward variance (shares of the variance of
+  each component winsorized at its 5th and 95th percentiles: robust to spikes, not blind to quantised values as a
+  MAD is) when it is an auxiliary (format-like) reward warn, >= 90% crit; a component that is constant (one value on
+  >= 95% of the recent steps: no gradient signal) info, warn for a task reward; one with < 2% of the variance that
+  does vary is named as minor, no alarm;
+* ``plateau`` -- performance over the recent 35%: rising, falling or flat by its least-squares change with an AR(1)
+  standard error (a median of pairwise slopes is exactly 0 on quantised rewards); "flat" only when the largest rise
+  the interval allows is under 30% of the run's earlier rise (the window's mean against the first 10%'s), or, for a
+  run that never rose significantly, under one point's noise. Warn when flat or falling for 30%+ of the run and 50+
+  steps -- since the earliest step from which the run shows no significant rise, scanning back from the window in
+  steps of 5% of the run --, else info;
+* ``heldout_decline`` -- held-out accuracy falling (least-squares change over all evaluations, or over their last
+  half, below 0 at p < 0.025 each, with the t distribution on the effective points): warn -- overfitting to the
+  training prompts or forgetting, whatever the training reward does.
+
+Trend directions come from Kendall's tau (its sign and p-value) or a least-squares change, never from the sign of a
+Theil-Sen median slope, which ties make 0.
 """
 
 from __future__ import annotations
@@ -32,10 +45,9 @@ import math
 import re
 
 import numpy as np
-from scipy import stats as sps
 
 from rlscope.analysis import stats
-from rlscope.analysis.analyses import performance_series, register
+from rlscope.analysis.analyses import Skip, performance, register
 
 LEVELS = ("ok", "info", "warn", "crit")
 # Thresholds a user may change (live alarms: ``rlscope.attach(trainer, alarms={"thresholds": {...}})``); the rest
@@ -47,6 +59,7 @@ THRESHOLDS = {
     "clip_saturation": {"info": 0.10, "warn": 0.20, "crit": 0.40},  # share of clipped tokens
     "plateau": {"flat_share": 0.30, "min_flat_steps": 50},  # flat for this share of the run and these steps: warn
     "reward_vs_heldout": {"min_evaluations": 8},
+    "heldout_decline": {"min_evaluations": 5},
 }
 
 
@@ -58,6 +71,7 @@ def thresholds(name: str, overrides: dict | None = None) -> dict:
             raise ValueError(f"health: {name} has no threshold {key!r}; it has {sorted(th)}")
         th[key] = float(value)
     return th
+FLAT_GAIN = 0.3  # plateau: the recent window gains less than this share of the run's earlier rise
 AUX_HINTS = ("format", "tag", "xml", "json", "length", "lang", "style", "think", "overlong")
 
 
@@ -67,13 +81,6 @@ def _tail(y, share=0.25):
 
 def _head(y, share=0.10):
     return float(np.median(y[:min(max(5, int(round(len(y) * share))), 25, len(y))]))
-
-
-def _sig(tr) -> int:
-    """+1 rising, -1 falling, 0 flat (Kendall p < 0.05 over >= 8 points)."""
-    if tr["p"] is None or tr["p"] >= 0.05:
-        return 0
-    return 1 if tr["slope"] > 0 else -1
 
 
 def _finding(level: str, title: str, evidence: list[str], **metrics) -> dict:
@@ -107,11 +114,11 @@ def zero_advantage(frame, th: dict | None = None) -> dict | None:
     tr = stats.trend(s.astype(float), v) if len(s) >= 8 else {"slope": None, "p": None}
     ev = [f"{f:.0%} of prompt groups had all-equal rewards over the last quarter: you pay {1 / max(1 - f, 1e-6):.1f} "
           f"rollouts per rollout that carries gradient"]
-    if _sig(tr) > 0:
+    if stats.direction(tr) > 0:
         ev.append(f"and the share is rising ({tr['slope']:+.2e}/step, p {tr['p']:.1g})")
     _, acc = frame.series("train_accuracy")
     regime = None
-    if len(acc):
+    if len(acc) and acc.min() >= 0 and acc.max() <= 1:  # a share: a 0-2 correctness reward says nothing of it
         level_acc = _tail(acc)
         regime = "all-correct (too easy)" if level_acc >= 0.85 else "all-wrong (too hard)" if level_acc <= 0.15 \
             else "mixed"
@@ -120,7 +127,6 @@ def zero_advantage(frame, th: dict | None = None) -> dict | None:
 
 
 def entropy_collapse(frame, th: dict | None = None) -> dict | None:
-    from rlscope.analysis.analyses import Skip
     from rlscope.analysis.analyses.entropy_dynamics import entropy_dynamics
 
     th = thresholds("entropy_collapse", th)
@@ -162,21 +168,21 @@ def reward_vs_heldout(frame, th: dict | None = None) -> dict | None:
     tr_r = stats.trend(rs.astype(float), rv)  # on every reward point: its significance is well measured
     tr_e = stats.trend(es.astype(float), ev_)
     r_on_e = np.interp(es, rs, rv)
-    rho = float(sps.spearmanr(r_on_e, ev_).statistic) if np.ptp(r_on_e) and np.ptp(ev_) else math.nan
-    up_r = _sig(tr_r) > 0
+    rho = stats.spearman(r_on_e, ev_) if np.ptp(r_on_e) and np.ptp(ev_) else math.nan
+    up_r = stats.direction(tr_r) > 0
     evid = [f"training reward trend {tr_r['slope']:+.3g}/step (p {tr_r['p']:.2g}), held-out trend "
             f"{tr_e['slope']:+.3g}/step over {len(es)} evaluations; rank correlation {rho:+.2f}"]
     if len(es) >= need:
-        dir_e = _sig(tr_e)
+        dir_e = stats.direction(tr_e)
         if up_r and dir_e < 0:
             level = "crit"
             evid.append("the reward rises while held-out accuracy falls significantly")
         elif up_r and dir_e == 0:
             level = "warn"
             evid.append("the reward rises significantly; held-out accuracy shows no significant trend")
-        elif rho < 0:
+        elif rho < 0 and (p_rho := stats.spearman_p(rho, len(es))) < 0.05:  # anti-correlated beyond chance
             level = "warn"
-            evid.append("reward and held-out accuracy move against each other")
+            evid.append(f"reward and held-out accuracy move against each other (p {p_rho:.2g})")
         else:
             level = "ok"
     else:  # too few evaluations to test a held-out trend: only a fall against a rising reward is worth a note
@@ -205,9 +211,9 @@ def length(frame, th: dict | None = None) -> dict | None:
         parts.append(("warn", f"length collapsed to {l1 / l0:.0%} of its start"))
     rs, rv = frame.series("reward")
     if growth >= 0.5 and len(rs) >= 8:
-        rho = float(sps.spearmanr(v, np.interp(s, rs, rv)).statistic)
+        rho = stats.spearman(v, np.interp(s, rs, rv))
         es, evv = frame.series("heldout_accuracy")
-        earned = None if len(es) < 4 else _sig(stats.trend(es.astype(float), evv)) > 0
+        earned = None if len(es) < 4 else stats.direction(stats.trend(es.astype(float), evv)) > 0
         if rho >= 0.6:
             parts.append(("crit" if earned is False else "info",
                           f"length grew {growth:+.0%} tracking the reward (rank correlation {rho:+.2f})"
@@ -248,8 +254,8 @@ def kl_drift(frame) -> dict | None:
     early = stats.trend(s[:mid].astype(float), v[:mid])["slope"] if mid >= 8 else 0.0
     late = stats.trend(s[mid:].astype(float), v[mid:])["slope"] if len(v) - mid >= 8 else 0.0
     accelerating = late > 0 and late > 1.5 * max(early, 0.0)
-    name, ps, pv = performance_series(frame)
-    stalled = len(ps) >= 6 and _sig(stats.trend(ps.astype(float), pv)) <= 0
+    perf = performance(frame)
+    stalled = len(perf) >= 6 and stats.direction(stats.trend(perf.steps.astype(float), perf.values)) <= 0
     if now >= 2 and stalled:
         level = "crit"
     elif now >= 2 or (accelerating and now >= 0.5):
@@ -301,6 +307,12 @@ def gradients(frame) -> dict | None:
 COMPONENT = re.compile(r"^(?:eval_)?rewards?/(?P<name>[^/]+)(?:/mean)?$")
 
 
+def _constant(x: np.ndarray) -> bool:
+    """One value on at least 95% of the steps: the component gives (almost) no signal."""
+    _, counts = np.unique(x, return_counts=True)
+    return counts.max() >= 0.95 * len(x)
+
+
 def reward_composition(frame) -> dict | None:
     comps = {}
     for name in frame.raw:
@@ -313,15 +325,18 @@ def reward_composition(frame) -> dict | None:
     if len(comps) < 2:
         return None
 
-    def shares(part):
-        spread = {k: stats.mad_sigma(x) ** 2 for k, x in part.items()}
-        total = sum(spread.values())
-        return {k: (v / total if total > 0 else 1 / len(spread)) for k, v in spread.items()}
+    def spread(x):  # variance after winsorizing at the 5th / 95th percentiles: spikes do not dominate, ties count
+        lo, hi = np.quantile(x, [0.05, 0.95])
+        return float(np.var(np.clip(x, lo, hi)))
 
-    recent = shares({k: v[len(v) // 2:] for k, v in comps.items()})
+    recent_values = {k: v[len(v) // 2:] for k, v in comps.items()}
+    spreads = {k: spread(x) for k, x in recent_values.items()}
+    total = sum(spreads.values())
+    recent = {k: (v / total if total > 0 else 1 / len(spreads)) for k, v in spreads.items()}
     top = max(recent, key=recent.get)
     aux = any(h in top.lower() for h in AUX_HINTS)
-    dead = [k for k, v in recent.items() if v < 0.02]
+    dead = [k for k, x in recent_values.items() if _constant(x)]
+    minor = [k for k, v in recent.items() if v < 0.02 and k not in dead]
     level = "ok"
     if recent[top] >= 0.9:
         level = "crit" if aux else "info"
@@ -333,41 +348,99 @@ def reward_composition(frame) -> dict | None:
     n_obs = min(len(v) for v in comps.values())
     if LEVELS.index(level) > 1 and n_obs < 150:
         level = "info"  # too few observations for a stronger verdict
-    ev = ["share of the reward variance: " + ", ".join(f"{k} {v:.0%}" for k, v in sorted(recent.items(),
-                                                                                        key=lambda kv: -kv[1]))]
+    ev = ["share of the reward variance over the recent half: " + ", ".join(
+        f"{k} {v:.0%}" for k, v in sorted(recent.items(), key=lambda kv: -kv[1]))]
     if dead:
-        ev.append(f"constant components (no gradient signal): {', '.join(dead)}")
-    return _finding(level, "Reward composition", ev, shares=recent, dominant=top, dead=dead)
+        ev.append("constant components (one value on >= 95% of the recent steps: no gradient signal): "
+                  + ", ".join(f"{k} = {float(np.median(recent_values[k])):.3g}" for k in dead))
+    if minor:
+        ev.append("minor components (they vary, but carry < 2% of the variance): " + ", ".join(
+            f"{k} (sd {float(np.std(recent_values[k])):.2g}, differs from its median on "
+            f"{float(np.mean(recent_values[k] != np.median(recent_values[k]))):.0%} of steps)" for k in minor))
+    return _finding(level, "Reward composition", ev, shares=recent, dominant=top, dead=dead, minor=minor)
+
+
+def _noise_sd(y: np.ndarray) -> float:
+    """One point's noise: the standard deviation of first differences / sqrt 2 (a trend barely moves it; ties and
+    quantised values do not zero it, as they can a MAD)."""
+    return float(np.std(np.diff(y)) / math.sqrt(2)) if len(y) > 2 else 0.0
 
 
 def plateau(frame, th: dict | None = None) -> dict | None:
     th = thresholds("plateau", th)
-    name, s, v = performance_series(frame, min_heldout=12)
+    perf = performance(frame, min_heldout=12)
+    s, v = perf.steps, perf.values
     if len(s) < 12:
         return None
-    window = min(max(int(0.35 * len(v)), 12), len(v))
-    rs, rv = s[-window:].astype(float), v[-window:]
-    tr = stats.trend(rs, rv)
-    noise = stats.mad_sigma(rv) or 1e-12
-    snr = abs(tr["slope"]) * float(rs[-1] - rs[0]) / noise
-    from rlscope.analysis.analyses.aha import level_shifts
-
-    rises = [sh["step"] for sh in level_shifts(s, v) if sh["jump"] > 0 and sh["z"] >= 3]
-    flat_from = rises[-1] if rises else int(s[0])  # the best of the trend, not of the noise
+    n = len(v)
+    window = min(max(int(0.35 * n), 12), n)
+    xs = s.astype(float)
+    tr = stats.ols_trend(xs[-window:], v[-window:])
+    z = tr["change"] / tr["change_se"] if tr["change_se"] > 0 else 0.0
+    rising, declining = z > stats.Z95, z < -stats.Z95
+    upper = tr["change"] + stats.Z95 * tr["change_se"]  # the largest rise over the window the data allow
+    # what "flat" is measured against: a run that rose before the window must have slowed to under FLAT_GAIN of that
+    # rise per window; a run that never rose significantly, to under one point's noise
+    k = max(3, (n - window) // 10)
+    gain, gain_se = (float(v[-window:].mean() - v[:k].mean()),
+                     math.sqrt(stats.long_run_variance(v) * (1 / k + 1 / window))) if n - window >= 3 else (0.0, 0.0)
+    rose = gain_se > 0 and gain / gain_se > stats.Z95
+    noise = _noise_sd(v[-window:])
+    scale = FLAT_GAIN * gain if rose else noise
+    flat = not rising and not declining and upper < scale
+    # since when: scan back from the window, in steps of 5% of the run, while [start, end] shows no significant rise
+    flat_from = int(s[n - window])
+    if flat or declining:
+        for i in range(n - window - max(n // 20, 1), -1, -max(n // 20, 1)):
+            seg = stats.ols_trend(xs[i:], v[i:])
+            if seg["change_se"] > 0 and seg["change"] / seg["change_se"] > stats.Z95:
+                break
+            flat_from = int(s[i])
     since = float((s[-1] - flat_from) / max(s[-1] - s[0], 1))
-    declining = _sig(tr) < 0
-    flat = _sig(tr) <= 0 and snr < 1.0
     long_enough = since >= th["flat_share"] and s[-1] - flat_from >= th["min_flat_steps"]
     level = "warn" if (declining or flat) and long_enough else "info" if flat or declining else "ok"
-    ev = [f"{name.replace('_', ' ')} over the last {window} points: {tr['slope']:+.2e}/step (p {tr['p']:.2g}), "
-          f"drift/noise {snr:.2f}; no significant rise since step {flat_from} ({since:.0%} of the run)"]
-    return _finding(level, "Plateau", ev, slope=tr["slope"], snr=snr, flat_since=flat_from, since_share=since)
+    state = ("rising" if rising else "falling" if declining else "flat" if flat else
+             "not significantly rising, but too noisy to call flat")
+    against = (f"{FLAT_GAIN:.0%} of the run's earlier rise ({gain:+.3g}) is {scale:.3g}" if rose
+               else f"one point's noise is {scale:.3g} (no significant rise before)")
+    ev = [f"{perf.describe()} over the last {window} points: {state}, change {tr['change']:+.3g} "
+          f"[{tr['change'] - stats.Z95 * tr['change_se']:+.3g}, {upper:+.3g}]; {against}"]
+    if flat or declining:
+        ev.append(f"no significant rise since step {flat_from} ({since:.0%} of the run)")
+    return _finding(level, "Plateau", ev, change=tr["change"], change_se=tr["change_se"], scale=scale,
+                    flat_since=flat_from if (flat or declining) else None, since_share=since if (flat or declining)
+                    else None, state=state)
+
+
+def heldout_decline(frame, th: dict | None = None) -> dict | None:
+    need = int(thresholds("heldout_decline", th)["min_evaluations"])
+    s, v = frame.series("heldout_accuracy")
+    if len(s) < need:
+        return None
+    share = v.min() >= 0 and v.max() <= 1
+    label = "held-out accuracy" if share else "held-out score"
+    xs = s.astype(float)
+    parts = {"over all evaluations": stats.ols_trend(xs, v)}
+    half = len(s) // 2
+    if len(s) - half >= need:
+        parts["over the last half"] = stats.ols_trend(xs[half:], v[half:])
+    falling = [(k, t) for k, t in parts.items() if t["p"] is not None and t["p"] < 0.025 and t["change"] < 0]
+    peak = int(np.argmax(v))
+    ev = [f"{label} ({frame.name_of('heldout_accuracy')}) {v[0]:.3g} at step {s[0]}, best {v[peak]:.3g} at step "
+          f"{s[peak]}, {v[-1]:.3g} at step {s[-1]} ({len(s)} evaluations)"]
+    for k, t in (falling or parts.items()):
+        ev.append(f"{k}: change {t['change']:+.3g} [{t['change'] - stats.Z95 * t['change_se']:+.3g}, "
+                  f"{t['change'] + stats.Z95 * t['change_se']:+.3g}], p {t['p']:.2g}")
+    if falling:
+        ev.insert(0, f"{label} is falling {falling[0][0]}: overfitting to the training prompts or forgetting")
+    return _finding("warn" if falling else "ok", "Held-out decline", ev,
+                    change={k: t["change"] for k, t in parts.items()}, falling=[k for k, _ in falling])
 
 
 DETECTORS = {"zero_advantage": zero_advantage, "entropy_collapse": entropy_collapse,
              "reward_vs_heldout": reward_vs_heldout, "length": length, "clip_saturation": clip_saturation,
              "kl_drift": kl_drift, "gradients": gradients, "reward_composition": reward_composition,
-             "plateau": plateau}
+             "plateau": plateau, "heldout_decline": heldout_decline}
 
 
 def run_detectors(frame, names=None, overrides: dict | None = None) -> tuple[dict, list[str]]:
@@ -402,8 +475,11 @@ def timeline(frame, cuts: int = 8, final: dict | None = None) -> list[dict]:
 @register("health", outputs=("severity", "alarms", "checks", "not_measured", "timeline"))
 def health(frame) -> tuple[str, dict]:
     """Run health: zero-advantage groups, entropy collapse, reward vs held-out, length, clipping, KL, gradients,
-    reward composition, plateau -- each ok / info / warn / crit with its evidence, and their timeline."""
+    reward composition, plateau, held-out decline -- each ok / info / warn / crit with its evidence, and their
+    timeline."""
     checks, missing = run_detectors(frame)
+    if not checks:
+        raise Skip("the run logs none of the metrics the detectors read (" + ", ".join(missing) + ")")
     alarms = [{"detector": n, **c} for n, c in checks.items() if c["severity"] in ("warn", "crit")]
     alarms.sort(key=lambda a: -LEVELS.index(a["severity"]))
     status = max((c["severity"] for c in checks.values()), key=LEVELS.index, default="ok")
