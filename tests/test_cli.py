@@ -132,6 +132,7 @@ def test_bench_analyze_prints_json_last():
     r = json.loads(p.stdout.strip().splitlines()[-1])
     assert r["bench"] == "analyze" and r["metric_records"] == 800 * 30 and r["seconds"] > 0
     assert abs(r["planted"]["two_stage_break"] - r["planted"]["expected_break"]) <= 40
+    assert r["small_log_steps"] == 100 and len(r["small_log_runs"]) == 3 and r["small_log_seconds"] > 0
 
 
 @pytest.mark.slow

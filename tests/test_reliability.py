@@ -287,7 +287,7 @@ def test_model_text_reaches_the_terminal_as_visible_escapes():
     from rich.console import Console
 
     from rlscope.analysis.analyze import print_table
-    from rlscope.common import terminal_safe
+    from rlscope.safe_text import terminal_safe
 
     safe = terminal_safe(HOSTILE)
     assert safe == "ok\\x1b[2J\\x1b]0;pwned\\x07 \\u202eevil [bold red]loud[/] \\x9b31m"

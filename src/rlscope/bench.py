@@ -562,11 +562,7 @@ def bench_analyze(steps: int = 20000, metrics: int = 200, rollout_every: int = 1
     import resource
 
     t0 = time.perf_counter()
-    import lmfit  # noqa: F401  -- the one-off imports of a fresh process, timed apart
-    import ruptures  # noqa: F401
-    import scipy.stats  # noqa: F401
-
-    from rlscope.analysis.analyses import ANALYSES
+    from rlscope.analysis.analyses import ANALYSES  # the one-off imports of a fresh process, timed apart
     from rlscope.analysis.analyze import analyze
     from rlscope.analysis.readers import READERS
     from rlscope.analysis.synthetic import expected_aha, expected_break, write_synthetic_run
@@ -585,6 +581,7 @@ def bench_analyze(steps: int = 20000, metrics: int = 200, rollout_every: int = 1
             result = analyze(tmp)
             runs.append(time.perf_counter() - t0)
     seconds = statistics.median(runs[1:])
+    small = small_log_seconds()
     a = result["analyses"]
     found = {"two_stage_break": a["two_stage"]["break_step"], "expected_break": expected_break(steps),
              "aha_step": a["aha"]["step"], "expected_aha": expected_aha(steps),
@@ -596,7 +593,31 @@ def bench_analyze(steps: int = 20000, metrics: int = 200, rollout_every: int = 1
             "read_seconds": result["read_seconds"], "analyses_seconds": result["seconds"],
             "seconds": round(seconds, 2), "goal_seconds": 5.0,
             "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2),
-            "timings": result["timings"], "planted": found}
+            "timings": result["timings"], "planted": found, **small}
+
+
+def small_log_seconds(steps: int = 100, repeats: int = 3) -> dict:
+    """Wall seconds of ``rlscope analyze`` on a ``steps``-step verl console log in a fresh process, imports included
+    (what a user waits for on someone else's log): the median of ``repeats`` runs."""
+    import os
+    import shutil
+    import statistics
+    import subprocess
+    import sys
+
+    from rlscope.analysis.synthetic import write_small_log
+
+    script = shutil.which("rlscope", path=os.path.dirname(sys.executable))
+    command = [script] if script else [sys.executable, "-m", "rlscope.cli"]
+    with tempfile.TemporaryDirectory() as tmp:
+        log = write_small_log(os.path.join(tmp, "verl_console.log"), steps)
+        walls = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            subprocess.run([*command, "analyze", str(log)], check=True, capture_output=True)
+            walls.append(time.perf_counter() - t0)
+    return {"small_log_steps": steps, "small_log_seconds": round(statistics.median(walls), 2),
+            "small_log_runs": [round(w, 2) for w in walls], "small_log_goal_seconds": 1.0}
 
 
 def synthetic_step(tokens: int, seed: int, width: int = 1024, group: int = 16):

@@ -44,15 +44,19 @@ class RunFrame:
     def from_long(cls, source: str, fmt: str, steps, names, values, **kw) -> "RunFrame":
         """From long-format columns (step, name, value: lists, numpy or pyarrow arrays); a (step, name) seen twice
         keeps its last value."""
-        import pyarrow as pa
-
         steps = np.asarray(steps, dtype=np.int64)
         values = np.asarray(values, dtype=np.float64)
-        chunked = names if isinstance(names, pa.ChunkedArray) else pa.chunked_array([pa.array(names, pa.string())])
-        encoded = pa.table({"n": chunked.dictionary_encode()}).unify_dictionaries()["n"]  # one dictionary, per chunk
-        labels = encoded.chunk(0).dictionary.to_pylist() if encoded.num_chunks else []
-        codes = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in encoded.chunks]) \
-            if encoded.num_chunks else np.zeros(0, np.int32)
+        if isinstance(names, (list, tuple, np.ndarray)):  # a reader's lists: numpy (pyarrow would import pandas)
+            labels, codes = np.unique(np.asarray(names, dtype=str), return_inverse=True)
+            labels = labels.tolist()
+        else:  # an Arrow column of a run store (millions of records): dictionary-encoded without a Python string each
+            import pyarrow as pa
+
+            chunked = names if isinstance(names, pa.ChunkedArray) else pa.chunked_array([names])
+            encoded = pa.Table.from_arrays([chunked.dictionary_encode()], names=["n"]).unify_dictionaries()["n"]
+            labels = encoded.chunk(0).dictionary.to_pylist() if encoded.num_chunks else []
+            codes = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in encoded.chunks]) \
+                if encoded.num_chunks else np.zeros(0, np.int32)
         codes = codes.astype(np.uint16 if len(labels) < 1 << 16 else np.int64)  # small codes: numpy radix-sorts them
         order = np.argsort(codes, kind="stable")  # records grouped by name, each group in write order
         codes, steps, values = codes[order], steps[order], values[order]

@@ -75,6 +75,29 @@ def write_synthetic_run(run_dir, steps: int = 2000, metrics: int = 60, rollout_e
     return run_dir
 
 
+def write_small_log(path, steps: int = 100, seed: int = 0) -> Path:
+    """A verl console log of ``steps`` steps (``step:N - key:value - ...`` lines, as verl prints them): entropy
+    decaying, the score rising, length shrinking, KL and gradient norms, a held-out evaluation at step 0 and every 10
+    steps -- a small third-party log that engages every analysis that reads metrics (``small_log_seconds``)."""
+    rng = np.random.default_rng(seed)
+    lines = ["(main_task pid=1) {'actor': {'entropy_coeff': 0.001}, 'trainer': {'total_training_steps': %d}}" % steps]
+    for s in range(0, steps + 1):
+        f = s / steps
+        parts = {"actor/entropy": 0.4 * math.exp(-2.5 * f) + 0.05 + rng.normal(0, 0.005),
+                 "critic/score/mean": min(1.0, max(0.0, 0.3 + 0.5 * (1 - math.exp(-4 * f)) + rng.normal(0, 0.03))),
+                 "response_length/mean": 300 - 60 * f + rng.normal(0, 4), "response_length/clip_ratio": 0.002,
+                 "actor/kl_loss": 0.05 * f, "actor/grad_norm": 0.2 + rng.normal(0, 0.01),
+                 "actor/pg_clipfrac": 0.003, "timing_s/step": 30 + rng.normal(0, 1)}
+        if s % 10 == 0:
+            parts["val-core/openai/gsm8k/reward/mean@1"] = 0.25 + 0.45 * (1 - math.exp(-5 * f)) + rng.normal(0, 0.01)
+        if s == 0:  # verl validates before training: the only line of step 0
+            parts = {k: v for k, v in parts.items() if k.startswith("val")}
+        lines.append(f"(main_task pid=1) step:{s} - " + " - ".join(f"{k}:{v:.6g}" for k, v in parts.items()))
+    path = Path(path)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def expected_break(steps: int) -> float:
     return 0.4 * steps
 
@@ -83,4 +106,4 @@ def expected_aha(steps: int) -> float:
     return 0.6 * steps
 
 
-__all__ = ["expected_aha", "expected_break", "write_synthetic_run", "math"]
+__all__ = ["expected_aha", "expected_break", "write_small_log", "write_synthetic_run"]

@@ -18,6 +18,21 @@ from rlscope.analysis.readers import NoStepAxis, Reader, reader
 STEP_COLUMNS = ("step", "Step", "global_step", "train/global_step", "trainer/global_step", "_step")
 
 
+def _floats(column) -> np.ndarray:
+    """An Arrow column as float64, nulls as NaN, read from its buffers: ``to_numpy`` and ``fill_null`` would import
+    pandas (0.3 s, more than reading a notebook's table takes)."""
+    import pyarrow as pa
+
+    a = column.cast(pa.float64()).combine_chunks()
+    if len(a) == 0:
+        return np.zeros(0)
+    out = np.frombuffer(a.buffers()[1], np.float64, count=len(a), offset=a.offset * 8).copy()
+    if a.null_count:
+        valid = np.unpackbits(np.frombuffer(a.buffers()[0], np.uint8), bitorder="little")[a.offset:a.offset + len(a)]
+        out[valid == 0] = np.nan
+    return out
+
+
 def metric_name(column: str) -> str:
     name = column.split(" - ", 1)[1] if " - " in column else column
     name = name.replace(" / ", "/")
@@ -43,21 +58,20 @@ class CsvReader(Reader):
             raise ValueError(f"{path}: not a readable CSV table ({exc})") from None
         cols = {c.lower(): c for c in table.column_names}
         if {"step", "name", "value"} <= set(cols):
-            return RunFrame.from_long(str(path), "csv", table[cols["step"]].to_numpy(zero_copy_only=False),
-                                      table[cols["name"]].cast(pa.string()),
-                                      table[cols["value"]].cast(pa.float64()).to_numpy(zero_copy_only=False),
+            return RunFrame.from_long(str(path), "csv", _floats(table[cols["step"]]),
+                                      table[cols["name"]].cast(pa.string()), _floats(table[cols["value"]]),
                                       meta={"framework": "CSV (long)"})
         step_col = next((c for c in STEP_COLUMNS if c in table.column_names), None)
         if step_col is None:
             raise NoStepAxis(f"{path}: no step column. A wide CSV needs one of {list(STEP_COLUMNS)}; a long one the "
                              f"columns step, name, value. It has {table.column_names[:12]}")
-        steps = table[step_col].cast(pa.float64()).to_numpy(zero_copy_only=False)
+        steps = _floats(table[step_col])
         all_steps, all_names, all_values = [], [], []
         for col in table.column_names:
             if col == step_col or col in STEP_COLUMNS or col.endswith(("__MIN", "__MAX")):
                 continue
             try:
-                values = table[col].cast(pa.float64()).to_numpy(zero_copy_only=False)
+                values = _floats(table[col])
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                 continue  # a text column
             keep = np.isfinite(steps) & np.isfinite(values)

@@ -10,8 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from rlscope.analysis.frame import RunFrame
 from rlscope.analysis.readers import Reader, reader
@@ -26,6 +24,9 @@ class RlscopeRunReader(Reader):
         return path.is_dir() and ((path / "metrics.jsonl").exists() or (path / "meta.json").exists())
 
     def read(self, path: Path, salvage: bool = False) -> RunFrame:
+        import pyarrow as pa  # imported here: detecting another format must not pay for it
+        import pyarrow.compute as pc
+
         from rlscope.store import RunReader
 
         run = RunReader(path, salvage=salvage)
