@@ -229,6 +229,15 @@ def test_a_sigmoid_asymptote_below_the_run_still_rising_is_no_ceiling():
         assert v["asymptote"] is None and "no ceiling is reported" in c.verdict
 
 
+def test_a_run_short_of_the_sigmoid_midpoint_reports_no_ceiling():
+    rng = np.random.default_rng(14)
+    x = np.arange(1, 201)
+    y = 0.1 + 0.7 / (1 + (400.0 / x) ** 2) + rng.normal(0, 0.01, x.size)  # ends at 20% of its gain
+    c = run("ceiling", frame_of({"rewards/t_correct/mean": (x, y)}))
+    assert c.values["gain_made"] < 0.5 and c.values["asymptote"] is None
+    assert "not past the curve's midpoint" in c.verdict
+
+
 def test_two_ceilings_that_disagree_say_which_to_trust():
     from rlscope.analysis.analyses.ceiling import compare_ceilings
 

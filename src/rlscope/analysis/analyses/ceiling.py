@@ -13,9 +13,9 @@ optimum (as lmfit reports it) x 1.96, inflated by sqrt(n / n_eff) for autocorrel
 planted curves, also under AR(1) noise).
 
 A is reported as the ceiling only when it can be one: inside the metric's range (an accuracy's [0, 1]), not below
-the level the run has already reached (beyond the noise of that level), and not while the run is still rising at its
-end when the fitted curve has already flattened there (the sigmoid then has found no ceiling: the run's own
-end contradicts it). The forecast fits the first half of the points and predicts the last value; it is marked
+the level the run has already reached (beyond the noise of that level), with the run past the fitted curve's midpoint
+(before it, A is barely constrained, as ScaleRL notes), and not while the run is still rising at its end when the
+fitted curve has already flattened there (the sigmoid then has found no ceiling: the run's own end contradicts it). The forecast fits the first half of the points and predicts the last value; it is marked
 unreliable when that half has not passed its own fitted midpoint or leaves A's interval wider than twice the metric's
 range (ScaleRL extrapolates only from curves past their midpoint).
 
@@ -198,6 +198,9 @@ def ceiling(frame, axis: str = "steps") -> tuple[str, dict]:
     elif hi is not None and hi < end - stats.Z95 * end_se:
         note = (f"the fitted A = {f['a']:.3g} [{lo:.3g}, {hi:.3g}] lies below the level the run has already reached "
                 f"({end:.3g} +- {stats.Z95 * end_se:.2g}): the sigmoid has found no ceiling")
+    elif gain < 0.5:
+        note = (f"the run has made only {gain:.0%} of the fitted gain (it is not past the curve's midpoint), so "
+                f"A = {f['a']:.3g} is an extrapolation the data do not pin down")
     elif gain >= SATURATED and rising:
         note = (f"the fitted curve is flat at the run's end ({gain:.0%} of its gain made) while the run is still "
                 f"rising over its last third: the sigmoid's A = {f['a']:.3g} is not a ceiling the data show, at best "
