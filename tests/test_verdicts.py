@@ -222,7 +222,6 @@ def test_a_sigmoid_asymptote_below_the_run_still_rising_is_no_ceiling():
     rng = np.random.default_rng(13)
     x = np.arange(1, 501)
     y = np.where(x < 200, -0.5 + 1.8 * x / 200, 4.7 + 2.8 * (x - 200) / 300) + rng.normal(0, 0.3, x.size)
-    y[200:] += 0.0
     c = run("ceiling", frame_of({"reward": (x, y)}))
     v = c.values
     if v["asymptote_fit"] < v["end_level"]:

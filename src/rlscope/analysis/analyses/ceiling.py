@@ -253,7 +253,6 @@ def _law_ceiling(frame) -> dict | None:
 
 
 def _verdict(v: dict, f: dict, perf) -> str:
-    ci = f["a_ci"]
     fits = f["r2"] >= 0.5
     out = f"{perf.describe()} {'follows' if fits else 'fits poorly'} a sigmoid in RL {v['axis']} (R^2 {f['r2']:.2f})"
     if v["asymptote"] is None:
