@@ -11,8 +11,9 @@ import scipy.linalg
 import torch
 
 from rlscope.probes import scalars_of
-from rlscope.probes.weights import (aggregate, difference, kind_of, layer_of, matrix_geometry, principal_angles,
-                                    select_matrices, sq_norm, top_svd)
+from rlscope.probes.weight_matrix import difference, kind_of, layer_of, matrix_geometry, select_matrices, sq_norm
+from rlscope.probes.weights import aggregate
+from rlscope.topsvd import principal_angles, top_svd
 
 
 def _pair(seed, m=40, n=30, eps=0.05):
@@ -231,7 +232,7 @@ def test_bf16_matrices_equal_their_float32_copies_whatever_the_buffers_held_befo
 def test_one_sweep_pass_equals_the_products_in_float64(monkeypatch, shape, dtype):
     """A pass reads the matrix once, block by block (a last partial block too), converting blocks of another dtype:
     A X and A^T A X equal the float64 products of the same (rounded) matrix, tall or wide, with or without A X."""
-    from rlscope.probes.weights import _Gram
+    from rlscope.topsvd import _Gram
 
     monkeypatch.setattr(_Gram, "BLOCK_BYTES", 8 * 40 * 24)  # blocks of 24 rows (float64) / 48 (float32): 300 = 6.25
     g = torch.Generator().manual_seed(3)
@@ -252,7 +253,8 @@ def test_one_sweep_pass_equals_the_products_in_float64(monkeypatch, shape, dtype
 def test_probe_on_precomputed_results_equals_probe_computing_them():
     """The live path (per-matrix results computed by the ranks, handed to the probe) and the offline path (the probe
     computes them) give identical numbers, direction cosines included, over two probes."""
-    from rlscope.probes.weights import WeightView, matrix_results, weight_geometry
+    from rlscope.probes.weight_matrix import matrix_results
+    from rlscope.probes.weights import WeightView, weight_geometry
 
     names = ["model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.down_proj.weight"]
     w0 = {names[0]: _spectrum_matrix("mp_powerlaw", 300, 300, 1), names[1]: _spectrum_matrix("decaying", 300, 700, 2)}
@@ -372,7 +374,7 @@ def test_resumed_run_keeps_its_stored_w0(tmp_path, tiny_path):
     from transformers import AutoModelForCausalLM
 
     from rlscope.callbacks import Observatory
-    from rlscope.probes.weights import select_matrices
+    from rlscope.probes.weight_matrix import select_matrices
     from rlscope.weight_geometry import Snapshot
 
     model = AutoModelForCausalLM.from_pretrained(tiny_path)

@@ -325,7 +325,7 @@ def _model_wt(name: str, specs: dict, w0s: dict, step: int, size: float):
 def _probe_share(names, specs, w0s, cache, step, size, options, wts=None):
     """The per-matrix results of ``names`` at probe ``step`` and the seconds of their computation (W_t, generated
     here when not given in ``wts``, outside the timing)."""
-    from rlscope.probes.weights import matrix_results
+    from rlscope.probes.weight_matrix import matrix_results
 
     results, seconds = [], 0.0
     for name in names:
@@ -410,7 +410,8 @@ def bench_weights(n: int = 4096, k: int = 16, layers: int = 28, hidden: int = 15
 
     import torch
 
-    from rlscope.probes.weights import matrix_geometry, principal_angles, top_svd
+    from rlscope.probes.weight_matrix import matrix_geometry
+    from rlscope.topsvd import principal_angles, top_svd
 
     out: dict = {"bench": "weights", "k": k, "threads": torch.get_num_threads()}
     # (a) accuracy against exact float64 SVD

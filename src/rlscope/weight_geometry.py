@@ -2,7 +2,7 @@
 ranks, offline checkpoints, rank-1 models.
 
 The statistics themselves are the registered probe :func:`rlscope.probes.weights.weight_geometry` and its per-matrix
-computation :func:`rlscope.probes.weights.matrix_results`; the live source (:mod:`rlscope.callbacks.sources.weights`,
+computation :func:`rlscope.probes.weight_matrix.matrix_results`; the live source (:mod:`rlscope.callbacks.sources.weights`,
 each rank its share of the matrices) and :func:`offline_geometry` (saved checkpoints, one process) run the same
 computation with the same per-matrix history, so both give the same numbers.
 """
@@ -18,7 +18,9 @@ import torch
 
 from rlscope.common import is_partitioned
 from rlscope.probes import scalars_of
-from rlscope.probes.weights import DEFAULT_PATTERNS, WeightView, select_matrices, top_svd, weight_geometry
+from rlscope.probes.weight_matrix import DEFAULT_PATTERNS, select_matrices
+from rlscope.probes.weights import WeightView, weight_geometry
+from rlscope.topsvd import top_svd
 
 
 def _safe_name(name: str) -> str:

@@ -28,7 +28,7 @@ import torch
 
 from rlscope.cadence import Cadence
 from rlscope.probes import register
-from rlscope.probes.weights import kind_of, layer_of
+from rlscope.probes.weight_matrix import kind_of, layer_of
 
 
 @dataclass

@@ -6,7 +6,7 @@ new one.
 
 The matrices are split across ranks (:func:`rlscope.weight_geometry.split_matrices`: by size, the same split on every
 rank): each rank keeps W_0 of its share only, computes the per-matrix statistics of its share with the weights
-probe's own per-matrix computation (:func:`rlscope.probes.weights.matrix_results`, keeping each matrix's warm starts
+probe's own per-matrix computation (:func:`rlscope.probes.weight_matrix.matrix_results`, keeping each matrix's warm starts
 between probes, and in the run directory's ``weights/warm`` for a resume), and the results are gathered to the main
 process, whose probe aggregates them. One process computes them all the same way, and offline
 (:func:`rlscope.weight_geometry.offline_geometry`) the probe runs the same computation itself, so the numbers do not
@@ -25,8 +25,9 @@ from pathlib import Path
 
 from rlscope.callbacks.sources import SOURCES, Source
 from rlscope.common import model_is_partitioned, multi_rank
-from rlscope.probes.weights import (DEFAULT_PATTERNS, MatrixResult, TopSVD, WeightView, matrix_results,
-                                    select_matrices)
+from rlscope.probes.weight_matrix import DEFAULT_PATTERNS, MatrixResult, matrix_results, select_matrices
+from rlscope.probes.weights import WeightView
+from rlscope.topsvd import TopSVD
 from rlscope.weight_geometry import (Snapshot, full_numel, full_parameters, physical_memory_bytes,
                                      split_matrices)
 

@@ -1,0 +1,211 @@
+"""One matrix's weight-update geometry: W_t's top-k subspaces against W_0's (principal angles with their error
+bound), the change of the top singular values, and the spectrum of dW = W_t - W_0; the per-matrix computation the
+weights probe (:mod:`rlscope.probes.weights`) runs offline and each rank runs on its share live. The definitions of
+the statistics are in :mod:`rlscope.probes.weights`; the linear algebra in :mod:`rlscope.topsvd`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+import torch
+
+from rlscope.topsvd import (MAX_PASSES, TopSVD, _as, _Workspace, all_threads, angle_error, principal_angles,
+                            small_ops, top_svd)
+
+DEFAULT_PATTERNS = ("*.q_proj.weight", "*.k_proj.weight", "*.v_proj.weight", "*.o_proj.weight",
+                    "*.gate_proj.weight", "*.up_proj.weight", "*.down_proj.weight")
+KINDS = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "gate_proj": "gate", "up_proj": "up",
+         "down_proj": "down"}
+_LAYER = re.compile(r"(?:layers|h|blocks)\.(\d+)\.")
+ABS_TOL, REL_TOL = 1e-5, 0.01
+W0_TOL_SHARE = 0.1  # W_0 (computed once) is refined to this share of abs_tol, leaving the rest of the budget to W_t
+DW_DIR_TOL, DW_MAX_PASSES = 1e-3, 6  # dW: until its top direction is within DW_DIR_TOL rad (estimated), or the cap
+
+
+def select_matrices(names, patterns=DEFAULT_PATTERNS) -> list[str]:
+    """Parameter names matching any glob pattern (embeddings, lm_head and norms are not matched by the defaults)."""
+    return [n for n in names if any(fnmatch.fnmatch(n, p) for p in patterns)]
+
+
+def kind_of(name: str) -> str:
+    """The matrix kind of a parameter name: q, k, v, o, gate, up, down; otherwise its module's name (e.g.
+    ``input_layernorm``, ``embed_tokens``)."""
+    for key, kind in KINDS.items():
+        if key in name:
+            return kind
+    return name.rsplit(".", 2)[-2] if "." in name else name
+
+
+def layer_of(name: str) -> int | None:
+    m = _LAYER.search(name)
+    return int(m.group(1)) if m else None
+
+
+_SQ_CHUNK = 1 << 16
+
+
+def _sq_sum(parts: Iterable[torch.Tensor]) -> float:
+    """The sum of the squares of ``parts`` (1-d, at most ``_SQ_CHUNK`` entries each), accumulated in float64: each
+    part converted into one float64 buffer that stays in cache."""
+    buf = torch.empty(_SQ_CHUNK, dtype=torch.float64)
+    total = torch.zeros((), dtype=torch.float64)
+    for part in parts:
+        c = part if part.dtype == torch.float64 else buf[:part.numel()].copy_(part)
+        total += torch.dot(c, c)
+    return float(total)
+
+
+def sq_norm(t: torch.Tensor) -> float:
+    """||t||_F^2 with the squares accumulated in float64 (a float32 accumulation is off by ~1e-3 relative at 8960 x
+    1536). On CPU in blocks (:func:`_sq_sum`: faster than converting the whole tensor, no extra 8 bytes per entry)."""
+    t = t.detach()
+    if t.is_cuda or t.numel() <= _SQ_CHUNK:
+        return float(torch.linalg.vector_norm(t, dtype=torch.float64)) ** 2
+    return _sq_sum(t.reshape(-1).split(_SQ_CHUNK))
+
+
+def difference(wt: torch.Tensor, w0: torch.Tensor, out: torch.Tensor) -> float:
+    """``out`` = wt - w0 (``out``'s dtype, float32 or float64: exact for bf16 or float32 weights) and ||out||_F^2
+    (squares accumulated in float64, as :func:`sq_norm`), in one sweep of blocks that stay in cache on CPU."""
+    if out.is_cuda or out.numel() <= _SQ_CHUNK:
+        torch.sub(out.copy_(wt), w0, out=out)
+        return sq_norm(out)
+    o, a, b, c = out.view(-1), wt.reshape(-1), w0.reshape(-1), _SQ_CHUNK
+    return _sq_sum(o[i:i + c].copy_(a[i:i + c]).sub_(b[i:i + c]) for i in range(0, o.numel(), c))
+
+
+def _angle_stats(svd0: TopSVD, svdt: TopSVD) -> dict[str, float]:
+    out = {}
+    for side, a, b in (("left", svd0.U, svdt.U), ("right", svd0.V, svdt.V)):
+        ang = principal_angles(a, b)
+        out[f"angle_{side}_mean"] = float(ang.mean())
+        out[f"angle_{side}_max"] = float(ang.max())
+    return out
+
+
+def angle_target(angle: float, abs_tol: float = ABS_TOL, rel_tol: float = REL_TOL) -> float:
+    """The error an angle may carry: max(``abs_tol``, ``rel_tol`` x the angle)."""
+    return max(abs_tol, rel_tol * angle) if math.isfinite(angle) else abs_tol
+
+
+def direction_cosines(dirs, prev_dir) -> dict[str, float]:
+    """|cos| between dW's top singular vectors ``dirs`` = (u_1, v_1) and the previous probe's (NaN without either)."""
+    if dirs is None or prev_dir is None:
+        return {"dw_dir_cos_left": math.nan, "dw_dir_cos_right": math.nan}
+    u1, v1 = dirs[0].double(), dirs[1].double()
+    return {"dw_dir_cos_left": float((u1 @ prev_dir[0].double().to(u1.device)).abs()),
+            "dw_dir_cos_right": float((v1 @ prev_dir[1].double().to(v1.device)).abs())}
+
+
+def matrix_geometry(w0: torch.Tensor, wt: torch.Tensor, k: int = 16, svd0: TopSVD | None = None,
+                    prev_dir: tuple[torch.Tensor, torch.Tensor] | None = None, n_dw_sv: int = 4,
+                    exact_below: int = 256, cache: dict | None = None, abs_tol: float = ABS_TOL,
+                    rel_tol: float = REL_TOL, max_passes: int = MAX_PASSES
+                    ) -> tuple[dict[str, float], tuple[torch.Tensor, torch.Tensor] | None]:
+    """The per-matrix statistics (module docstring) and dW's top singular vectors (u_1, v_1) for the next call's
+    direction cosines (None when dW = 0).
+
+    ``cache`` (a dict per matrix, kept between calls) holds what the next call reuses: W_0's triplets, ||W_0||_F^2
+    and the warm-start bases of W_t and dW. ``svd0`` (W_0's triplets) may be given instead.
+    """
+    with small_ops():
+        return _matrix_geometry(w0, wt, k, svd0, prev_dir, n_dw_sv, exact_below, cache, abs_tol, rel_tol, max_passes)
+
+
+def _matrix_geometry(w0, wt, k, svd0, prev_dir, n_dw_sv, exact_below, cache, abs_tol, rel_tol, max_passes):
+    if w0.shape != wt.shape:
+        raise ValueError(f"weight geometry: W_0 {tuple(w0.shape)} and W_t {tuple(wt.shape)} differ in shape")
+    if w0.dim() != 2:
+        raise ValueError(f"weight geometry: a matrix is needed, got a tensor of shape {tuple(w0.shape)}")
+    cache = {} if cache is None else cache
+    keep64 = w0.dtype == torch.float64 and wt.dtype == torch.float64
+    work = torch.float64 if keep64 else torch.float32
+    w0, wt = w0.detach(), wt.detach().to(device=w0.device)
+    if svd0 is not None:
+        cache["svd0"] = svd0
+    if "svd0" not in cache or "fro0" not in cache:  # once per run: W_0 (bf16 as it is: top_svd converts it)
+        with all_threads():
+            w0w = w0 if w0.dtype in (torch.bfloat16, torch.float16) else _as(w0, work, "w")
+        if "svd0" not in cache:
+            cache["svd0"] = top_svd(w0w, k, exact_below, tol=W0_TOL_SHARE * abs_tol, max_passes=max(max_passes, 60))
+        if "fro0" not in cache:
+            with all_threads():
+                cache["fro0"] = sq_norm(w0w)
+        del w0w
+    s0 = cache["svd0"]
+    e0 = math.asin(min(1.0, s0.bound)) if math.isfinite(s0.bound) else math.inf
+    resolved0 = math.isfinite(e0)
+
+    def tol(U, V):
+        if not resolved0:  # no top-k subspace of W_0 to compare with: singular values only
+            return 1e-3
+        means = [float(principal_angles(a, b).mean()) for a, b in ((s0.U, U), (s0.V, V)) if b is not None]
+        room = angle_target(min(means), abs_tol, rel_tol) - e0
+        return math.sin(room) if room > 0 else 0.1 * abs_tol
+
+    svdt = top_svd(wt, k, exact_below, start=cache.get("basis_t", s0.basis), tol=tol, max_passes=max_passes)
+    cache["basis_t"] = svdt.basis
+    out: dict[str, float] = _angle_stats(s0, svdt)
+    err = angle_error(s0.bound, svdt.bound) if resolved0 and math.isfinite(svdt.bound) else math.nan
+    unresolved = not math.isfinite(err)
+    if unresolved:
+        for key in list(out):
+            out[key] = math.nan
+    out["angle_error_bound"] = err
+    out["angle_unresolved"] = float(unresolved)
+    need = angle_target(min(out["angle_left_mean"], out["angle_right_mean"]), abs_tol, rel_tol)
+    out["angle_bound_unmet"] = float(not unresolved and err > need)
+    out["passes"] = float(svdt.passes)
+    rel = (svdt.S - s0.S.to(svdt.S.device)) / s0.S.to(svdt.S.device).clamp(min=1e-30)
+    out["sv_rel_change_mean"] = float(rel.abs().mean())
+    out["sv_rel_change_max"] = float(rel.abs().max())
+    with all_threads():  # dW in the working precision (exact for bf16 or float32 weights), into a reused buffer
+        dw = _Workspace.get("dw", wt.shape, work, wt.device)
+        fro2 = difference(wt, w0, dw)
+    out["dw_rel_norm"] = math.sqrt(fro2 / cache["fro0"]) if cache["fro0"] > 0 else math.nan
+    n = max(n_dw_sv, 1)
+    if fro2 == 0:  # no update yet: flagged by NaN, not a fake number
+        for i in range(1, n_dw_sv + 1):
+            out[f"dw_sigma{i}"] = 0.0
+        out["dw_rank1_energy"] = out["dw_stable_rank"] = math.nan
+        out.update(direction_cosines(None, None))
+        return out, None
+    svd_dw = top_svd(dw, n, exact_below, oversample=4, start=cache.get("basis_dw"),
+                     max_passes=min(max_passes, DW_MAX_PASSES), dir_tol=DW_DIR_TOL)
+    cache["basis_dw"] = svd_dw.basis
+    for i, s in enumerate(svd_dw.S.tolist()[:n_dw_sv], start=1):
+        out[f"dw_sigma{i}"] = s
+    s1 = float(svd_dw.S[0])
+    out["dw_rank1_energy"] = s1 * s1 / fro2 if s1 > 0 else math.nan
+    out["dw_stable_rank"] = fro2 / (s1 * s1) if s1 > 0 else math.nan
+    dirs = (svd_dw.U[:, 0].float().cpu(), svd_dw.V[:, 0].float().cpu())
+    out.update(direction_cosines(dirs, prev_dir))
+    return out, dirs
+
+
+@dataclass
+class MatrixResult:
+    """One matrix's statistics (``stats``), dW's top singular vectors (``dirs``; None when dW = 0), or the ``error``
+    that stopped them (a rank that failed sends it to the main process, whose probe raises it)."""
+
+    name: str
+    stats: dict[str, float] = field(default_factory=dict)
+    dirs: tuple[torch.Tensor, torch.Tensor] | None = None
+    error: str | None = None
+
+
+def matrix_results(matrices: Iterable[tuple[str, torch.Tensor, torch.Tensor]], cache: dict, k: int = 16,
+                   n_dw_sv: int = 4, exact_below: int = 256, abs_tol: float = ABS_TOL, rel_tol: float = REL_TOL,
+                   max_passes: int = MAX_PASSES) -> Iterator[MatrixResult]:
+    """:func:`matrix_geometry` of each ``(name, W_0, W_t)``, with ``cache[name]`` carried between probes: the one
+    per-matrix computation, run by the probe offline and by each rank on its share live."""
+    for name, w0, wt in matrices:
+        stats, dirs = matrix_geometry(w0, wt, k, n_dw_sv=n_dw_sv, exact_below=exact_below,
+                                      cache=cache.setdefault(name, {}), abs_tol=abs_tol, rel_tol=rel_tol,
+                                      max_passes=max_passes)
+        yield MatrixResult(name, stats, dirs)
