@@ -56,7 +56,9 @@ class TopSVD:
     subspace is at most this (inf: sigma_k and sigma_{k+1} are not resolved apart; see :func:`ritz_bound`);
     ``rel_gap`` -- (sigma_k^2 - the estimated upper bound of sigma_{k+1}^2) / sigma_k^2; ``passes`` -- passes over the
     matrix; ``basis`` -- the best d Ritz vectors in the matrix's smaller dimension (float32), a warm start for the
-    next call; ``certified`` -- whether ``bound`` comes from float64 residuals (dense, or the last pass in float64)."""
+    next call; ``certified`` -- whether ``bound`` comes from float64 residuals (dense, or the last pass in float64);
+    ``S_up`` -- upper bounds of the singular values (:func:`value_bounds`; equal to ``S`` when dense), computed when
+    the singular values were the goal (:class:`ValueGoal`), else None."""
 
     U: torch.Tensor
     S: torch.Tensor
@@ -66,6 +68,7 @@ class TopSVD:
     passes: int = 0
     basis: torch.Tensor | None = None
     certified: bool = True
+    S_up: torch.Tensor | None = None  # upper bounds of the singular values (S, the Ritz values, are lower bounds)
 
 _ALL_THREADS: list[int] = []  # the thread count outside small_ops (a stack: small_ops may nest)
 
@@ -167,6 +170,82 @@ def angle_error(bound0: float, bound_t: float) -> float:
     """The largest error of any principal angle between two computed subspaces whose errors (sines of their largest
     angles to the exact subspaces) are at most ``bound0`` and ``bound_t`` (Qiu, Zhang & Li 2005)."""
     return math.asin(min(1.0, bound0)) + math.asin(min(1.0, bound_t))
+
+
+def value_bounds(theta: torch.Tensor, R: torch.Tensor, n: int) -> list[float]:
+    """Upper bounds of the exact eigenvalues lambda_1..lambda_n of a symmetric H (here A^T A) from Ritz values
+    ``theta`` (descending, d > n of them) and their residuals ``R`` (columns).
+
+    The Ritz values are lower bounds: theta_i <= lambda_i (Cauchy interlacing, for Rayleigh-Ritz from any subspace).
+    Above, by Kato-Temple (Kato 1949; Temple 1952; Parlett, "The Symmetric Eigenvalue Problem", thm. 11.7.1): if
+    lambda_{i+1} <= a < theta_i, then ||r_i||^2 >= (theta_i - a)(b - theta_i) for any b such that (a, b) holds no
+    eigenvalue, so an eigenvalue -- one of lambda_1..lambda_i, all above a -- lies in (a, theta_i + ||r_i||^2 /
+    (theta_i - a)], and lambda_i <= theta_i + ||r_i||^2 / (theta_i - a). Applied from the bottom up with a the bound
+    of lambda_{i+1} (the quadratic bound is far tighter than the residual once the Ritz values separate); where they
+    do not, lambda_i <= theta_i + ||r_i|| (Weyl / Kahan, as in :func:`ritz_bound`, under the same standing
+    assumption that no exact eigenvalue was missed altogether).
+
+    A cluster (the bulk edge of a noisy dW: sigma_2..sigma_5 within 1%) leaves Kato-Temple no gap; the block of the
+    top j Ritz vectors Y has one if theta_j > lambda_{j+1}: by Ky Fan, sum_{i<=j} lambda_i - sum_{i<=j} theta_i <=
+    (lambda_1 - lambda_min) ||sin Theta(Y, X_j)||_F^2 (X_j the exact top-j eigenvectors; H >= 0 here), and by the
+    Davis-Kahan sin-theta theorem ||sin Theta||_F <= ||R_{1..j}||_F / (theta_j - lambda_{j+1}); each term of the sum
+    is >= 0, so lambda_i <= theta_i + lambda_1 ||R_{1..j}||_F^2 / (theta_j - lambda_{j+1})^2 for every i <= j --
+    quadratic in the residuals however close the values inside the block. The smallest of the bounds is used.
+    """
+    th = theta.tolist()
+    rn = R.norm(dim=0).tolist()
+    d = len(th)
+    up = [0.0] * d
+    up[d - 1] = th[d - 1] + rn[d - 1]
+    for i in range(d - 2, -1, -1):
+        up[i] = th[i] + rn[i]
+        if th[i] > up[i + 1]:
+            up[i] = min(up[i], th[i] + rn[i] ** 2 / (th[i] - up[i + 1]))
+    top, frob2 = up[0], 0.0
+    for j in range(d - 1):  # the block of the top j + 1 Ritz vectors
+        frob2 += rn[j] ** 2
+        gap = th[j] - up[j + 1]
+        if gap > 0:
+            q = top * frob2 / gap ** 2
+            for i in range(min(j + 1, n)):
+                up[i] = min(up[i], th[i] + q)
+    return up[:n]
+
+
+SIGMA_FLOOR = 1e-6  # a singular value below this x sigma_1 is numerically zero: its error is allowed this x sigma_1
+
+
+@dataclass
+class ValueGoal:
+    """The goal of :func:`top_svd` when the singular values are what is reported (dW's spectrum): each of the top
+    ``n`` within ``rel_tol`` relative (or ``SIGMA_FLOOR`` x sigma_1 absolute), sigma_1^2 / ``fro2`` within
+    ``energy_tol`` absolute (``fro2`` = ||A||_F^2, known exactly), certified by a float64 pass as the subspaces are;
+    and, for the first ``dir_passes`` passes, the top singular vector within ``dir_tol`` rad (estimated; after that
+    the direction is taken as it is: it may not be defined, e.g. sigma_1 = sigma_2)."""
+
+    n: int
+    rel_tol: float
+    energy_tol: float
+    fro2: float
+    dir_tol: float = math.inf
+    dir_passes: int = 0
+
+    def value_excess(self, s: list[float], s_up: list[float]) -> float:
+        """The largest ratio of a value's error bound to its target (met when <= 1)."""
+        allowed = [max(self.rel_tol * x, SIGMA_FLOOR * s[0]) for x in s]
+        worst = max(((u - x) / a if a > 0 else (0.0 if u <= x else math.inf)) for x, u, a in zip(s, s_up, allowed))
+        if self.fro2 > 0:
+            worst = max(worst, (s_up[0] ** 2 - s[0] ** 2) / self.fro2 / self.energy_tol)
+        return worst
+
+    def excess(self, theta: torch.Tensor, R: torch.Tensor, passes: int) -> float:
+        """:meth:`value_excess` of the Ritz pairs, and while ``passes`` < ``dir_passes`` the top direction's."""
+        s = [math.sqrt(max(t, 0.0)) for t in theta[:self.n].tolist()]
+        s_up = [math.sqrt(max(u, 0.0)) for u in value_bounds(theta, R, self.n)]
+        worst = self.value_excess(s, s_up)
+        if passes < self.dir_passes:
+            worst = max(worst, ritz_bound(theta, R, 1)[0] / self.dir_tol)
+        return worst
 
 
 # -- top-k singular triplets -------------------------------------------------------------------------------------------
@@ -307,13 +386,16 @@ class _Space:
         return theta, self.Q[:, :c] @ W, self.HQ[:, :c] @ W, AV
 
 
-def _triplets(op: _Gram, theta, V, AV, k, bound, rel_gap, passes, basis, certified) -> TopSVD:
+def _triplets(op: _Gram, theta, V, AV, k, bound, rel_gap, passes, basis, certified, R=None) -> TopSVD:
+    """The top-k triplets of Ritz pairs (with the singular values' upper bounds when ``R`` is given)."""
     s = theta[:k].clamp(min=0).sqrt()
+    s_up = None if R is None else torch.tensor(value_bounds(theta, R, k), dtype=s.dtype).clamp(min=0).sqrt()
     U = AV[:, :k] / torch.where(s > 0, s, torch.ones_like(s))
     V = V[:, :k]
     if op.wide:  # the Krylov vectors live in w's row space: w = U S V^T with U the small side
         U, V = V, U
-    return TopSVD(U, s, V, bound, rel_gap, passes, None if basis is None else basis.float(), certified)
+    return TopSVD(U, s, V, bound, rel_gap, passes, None if basis is None else basis.float(), certified,
+                  None if s_up is None else s_up.to(s.device))
 
 
 def _dense(op: _Gram, k: int, d: int) -> TopSVD:
@@ -327,20 +409,21 @@ def _dense(op: _Gram, k: int, d: int) -> TopSVD:
     R = H @ W[:, :d] - W[:, :d] * theta[:d]
     bound, gap = ritz_bound(theta[:d], R, k) if k < op.n else (0.0, math.nan)
     AV = (W[:, :k].T @ w).T if op.rows_wide else w @ W[:, :k]
-    return _triplets(op, theta, W, AV, k, bound, gap, 0, None, True)
+    out = _triplets(op, theta, W, AV, k, bound, gap, 0, None, True)
+    out.S_up = out.S.clone()  # exact (float64)
+    return out
 
 
 def top_svd(w: torch.Tensor, k: int, exact_below: int = 256, oversample: int = 8, start: torch.Tensor | None = None,
             tol: float | Callable = 1e-6, max_passes: int = MAX_PASSES, seed: int = 0,
-            dir_tol: float | None = None) -> TopSVD:
+            values: ValueGoal | None = None) -> TopSVD:
     """Top-``k`` singular triplets of ``w`` with a bound on their subspaces' error (:class:`TopSVD`).
 
     Dense (float64, exact) when min(m, n) <= ``exact_below``; otherwise block Krylov with Rayleigh-Ritz (module
     docstring) from ``start`` (a previous :attr:`TopSVD.basis`) or a seeded Gaussian block, until ``bound`` <= ``tol``
     or ``max_passes``. ``tol`` is a number or ``tol(U, V)`` of the current candidate's top-k vectors (either may be
-    None: before the float64 pass only the smaller side's are known). With ``dir_tol`` (for dW) it stops instead when
-    the estimated bound on the top singular vectors' angle is below ``dir_tol``, in float32 only (``certified``
-    False).
+    None: before the float64 pass only the smaller side's are known). With ``values`` (for dW) the goal is instead the
+    singular values' bounds (:class:`ValueGoal`), certified the same way, and the result carries ``S_up``.
     """
     w = w.detach()
     op = _Gram(w)
@@ -350,14 +433,17 @@ def top_svd(w: torch.Tensor, k: int, exact_below: int = 256, oversample: int = 8
         return _dense(op, k, d)
     given = tol if callable(tol) else (lambda U, V, _t=float(tol): _t)
     with small_ops():
-        return _krylov(op, w, k, d, start, given, max_passes, seed, dir_tol)
+        return _krylov(op, w, k, d, start, given, max_passes, seed, values)
 
 
 def _krylov(op: _Gram, w: torch.Tensor, k: int, d: int, start, given: Callable, max_passes: int, seed: int,
-            dir_tol: float | None) -> TopSVD:
-    """The block Krylov iteration of :func:`top_svd`."""
+            values: ValueGoal | None) -> TopSVD:
+    """The block Krylov iteration of :func:`top_svd`. The stopping measure is the subspaces' bound against
+    ``given`` (or, with ``values``, the singular values' excess over their targets: met at 1)."""
 
     def target(V: torch.Tensor, cand: TopSVD | None = None) -> float:
+        if values is not None:  # the values' excess is normalised: met at 1
+            return 1.0
         if cand is not None:
             return given(cand.U, cand.V)
         small = V[:, :k]
@@ -369,9 +455,13 @@ def _krylov(op: _Gram, w: torch.Tensor, k: int, d: int, start, given: Callable, 
         start = start.to(device=w.device, dtype=torch.float64)[:, :d]
         X = torch.cat([start, X[:, start.shape[1]:]], dim=1)
     X = _orth(X)
-    keep_ax = dir_tol is not None  # A Q is needed for the left vectors only when this stage returns them
+    keep_ax = values is not None  # A Q is needed for the left vectors only when this stage returns them
     space = _Space(op.n, max(w.shape), _RESTART_BLOCKS * d, keep_ax, w.device)
     double, history, goal = False, [], None
+    res = None if values is None else True  # with values, the triplets carry the values' upper bounds
+
+    def measure(theta, R, bound) -> float:
+        return bound if values is None else values.excess(theta, R, op.passes)
 
     def certify(V, R):
         """One pass in float64 over the Ritz vectors and their residual directions (a last Krylov step): Rayleigh-Ritz
@@ -385,7 +475,8 @@ def _krylov(op: _Gram, w: torch.Tensor, k: int, d: int, start, given: Callable, 
         V, HV, AV = C @ W2, HX @ W2, AX @ W2
         R = HV - V * theta
         bound, gap = ritz_bound(theta, R, k)
-        return _triplets(op, theta, V, AV, k, bound, gap, op.passes, V, True), theta, V, HV, AV, R, bound
+        cand = _triplets(op, theta, V, AV, k, bound, gap, op.passes, V, True, R if res else None)
+        return cand, theta, V, HV, AV, R, measure(theta, R, bound)
 
     while True:
         AX, HX = op.apply(X, double, want_ax=keep_ax or double)
@@ -393,31 +484,32 @@ def _krylov(op: _Gram, w: torch.Tensor, k: int, d: int, start, given: Callable, 
         theta, V, HV, AV = space.ritz(d)
         R = HV - V * theta
         bound, gap = ritz_bound(theta, R, k)
+        m = measure(theta, R, bound)
         out_of_passes = op.passes >= max_passes
-        if dir_tol is not None:  # dW: its top direction to dir_tol, float32 estimates
-            if out_of_passes or ritz_bound(theta, R, 1)[0] <= dir_tol:
-                return _triplets(op, theta, V, AV, k, bound, gap, op.passes, V, False)
-        elif double:  # float64 products: the bound is certified
-            if out_of_passes or bound <= target(V):
-                cand = _triplets(op, theta, V, AV, k, bound, gap, op.passes, V, True)
-                if out_of_passes or bound <= target(V, cand):
+        if double:  # float64 products: the bound is certified
+            if out_of_passes or m <= target(V):
+                cand = _triplets(op, theta, V, AV, k, bound, gap, op.passes, V, True, R if res else None)
+                if out_of_passes or m <= target(V, cand):
                     return cand
         else:
-            history.append(bound)
+            history.append(m)
             # stalled: no progress over three passes, or over one pass where float32 rounding can be what stops it
-            floor = _F32_EPS * float(theta[0]) / max(gap * float(theta[k - 1]), 1e-300) if gap > 0 else math.inf
+            if values is None:
+                floor = _F32_EPS * float(theta[0]) / max(gap * float(theta[k - 1]), 1e-300) if gap > 0 else math.inf
+            else:
+                floor = _F32_EPS * float(theta[0]) / max(values.rel_tol * float(theta[k - 1]), 1e-300)
             stalled = ((len(history) >= 3 and math.isfinite(history[-3]) and history[-1] > 0.5 * history[-3])
                        or (len(history) >= 2 and history[-1] > 0.5 * history[-2] and history[-1] < 10 * floor))
-            if math.isfinite(bound) and (goal is None or bound <= 20 * goal):  # the target moves little: re-read it
+            if math.isfinite(m) and (goal is None or m <= 20 * goal):  # the target moves little: re-read it
                 goal = target(V)  # only near it (it costs two SVDs of n x k)
-            near = goal is not None and bound <= CERTIFY_AT * goal
+            near = goal is not None and m <= CERTIFY_AT * goal
             if near or stalled or op.passes >= max_passes - 1:
-                cand, theta, V, HV, AV, R, bound = certify(V, R)
-                if op.passes >= max_passes or bound <= target(V, cand):
+                cand, theta, V, HV, AV, R, m = certify(V, R)
+                if op.passes >= max_passes or m <= target(V, cand):
                     return cand
                 # the float32 estimate held (float32 rounding not yet in the way): more float32 passes from here;
                 # otherwise go on in float64
-                double = not bound <= history[-1]
+                double = not m <= history[-1]
                 if double and space.AQ is None:
                     space.AQ = torch.empty(max(w.shape), space.Q.shape[1], dtype=torch.float64, device=w.device)
                 space.reset(V, HV, AV, theta)
@@ -426,9 +518,9 @@ def _krylov(op: _Gram, w: torch.Tensor, k: int, d: int, start, given: Callable, 
             space.reset(V, HV, AV, theta)
         X = _extend(space.Q[:, :space.c], R)
         if X is None:  # the space is invariant: nothing left to gain
-            if double or dir_tol is not None:
+            if double:
                 return _triplets(op, theta, V, op.times(V) if AV is None else AV, k, bound, gap, op.passes, V,
-                                 double)
+                                 double, R if res else None)
             return certify(V, R)[0]
 
 

@@ -14,8 +14,8 @@ from typing import Iterable, Iterator
 
 import torch
 
-from rlscope.topsvd import (MAX_PASSES, TopSVD, _as, _Workspace, all_threads, angle_error, principal_angles,
-                            small_ops, top_svd)
+from rlscope.topsvd import (MAX_PASSES, SIGMA_FLOOR, TopSVD, ValueGoal, _as, _Workspace, all_threads, angle_error,
+                            principal_angles, small_ops, top_svd)
 
 DEFAULT_PATTERNS = ("*.q_proj.weight", "*.k_proj.weight", "*.v_proj.weight", "*.o_proj.weight",
                     "*.gate_proj.weight", "*.up_proj.weight", "*.down_proj.weight")
@@ -24,7 +24,9 @@ KINDS = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "gate_proj"
 _LAYER = re.compile(r"(?:layers|h|blocks)\.(\d+)\.")
 ABS_TOL, REL_TOL = 1e-5, 0.01
 W0_TOL_SHARE = 0.1  # W_0 (computed once) is refined to this share of abs_tol, leaving the rest of the budget to W_t
-DW_DIR_TOL, DW_MAX_PASSES = 1e-3, 6  # dW: until its top direction is within DW_DIR_TOL rad (estimated), or the cap
+DW_REL_TOL, DW_ENERGY_TOL = 0.01, 1e-3  # dW: each sigma_i within 1% (relative), sigma_1^2 / ||dW||_F^2 within 1e-3
+DW_DIR_TOL, DW_DIR_PASSES = 1e-3, 6  # and its top direction within ~1e-3 rad (estimated) or this many passes
+MATRIX_OPTIONS = ("k", "n_dw_sv", "exact_below", "abs_tol", "rel_tol", "max_passes", "dw_rel_tol", "dw_energy_tol")
 
 
 def select_matrices(names, patterns=DEFAULT_PATTERNS) -> list[str]:
@@ -105,19 +107,25 @@ def direction_cosines(dirs, prev_dir) -> dict[str, float]:
 def matrix_geometry(w0: torch.Tensor, wt: torch.Tensor, k: int = 16, svd0: TopSVD | None = None,
                     prev_dir: tuple[torch.Tensor, torch.Tensor] | None = None, n_dw_sv: int = 4,
                     exact_below: int = 256, cache: dict | None = None, abs_tol: float = ABS_TOL,
-                    rel_tol: float = REL_TOL, max_passes: int = MAX_PASSES
+                    rel_tol: float = REL_TOL, max_passes: int = MAX_PASSES, dw_rel_tol: float = DW_REL_TOL,
+                    dw_energy_tol: float = DW_ENERGY_TOL
                     ) -> tuple[dict[str, float], tuple[torch.Tensor, torch.Tensor] | None]:
     """The per-matrix statistics (module docstring) and dW's top singular vectors (u_1, v_1) for the next call's
     direction cosines (None when dW = 0).
 
     ``cache`` (a dict per matrix, kept between calls) holds what the next call reuses: W_0's triplets, ||W_0||_F^2
     and the warm-start bases of W_t and dW. ``svd0`` (W_0's triplets) may be given instead.
+
+    The computation runs where ``wt`` lives (a GPU's W_t is read in place; ``w0`` is brought there); on a CPU it
+    sweeps the matrix in cache-sized blocks (:class:`rlscope.topsvd._Gram`).
     """
     with small_ops():
-        return _matrix_geometry(w0, wt, k, svd0, prev_dir, n_dw_sv, exact_below, cache, abs_tol, rel_tol, max_passes)
+        return _matrix_geometry(w0, wt, k, svd0, prev_dir, n_dw_sv, exact_below, cache, abs_tol, rel_tol, max_passes,
+                                dw_rel_tol, dw_energy_tol)
 
 
-def _matrix_geometry(w0, wt, k, svd0, prev_dir, n_dw_sv, exact_below, cache, abs_tol, rel_tol, max_passes):
+def _matrix_geometry(w0, wt, k, svd0, prev_dir, n_dw_sv, exact_below, cache, abs_tol, rel_tol, max_passes,
+                     dw_rel_tol, dw_energy_tol):
     if w0.shape != wt.shape:
         raise ValueError(f"weight geometry: W_0 {tuple(w0.shape)} and W_t {tuple(wt.shape)} differ in shape")
     if w0.dim() != 2:
@@ -125,7 +133,8 @@ def _matrix_geometry(w0, wt, k, svd0, prev_dir, n_dw_sv, exact_below, cache, abs
     cache = {} if cache is None else cache
     keep64 = w0.dtype == torch.float64 and wt.dtype == torch.float64
     work = torch.float64 if keep64 else torch.float32
-    w0, wt = w0.detach(), wt.detach().to(device=w0.device)
+    wt = wt.detach()
+    w0 = w0.detach().to(device=wt.device, non_blocking=True)
     if svd0 is not None:
         cache["svd0"] = svd0
     if "svd0" not in cache or "fro0" not in cache:  # once per run: W_0 (bf16 as it is: top_svd converts it)
@@ -173,19 +182,37 @@ def _matrix_geometry(w0, wt, k, svd0, prev_dir, n_dw_sv, exact_below, cache, abs
         for i in range(1, n_dw_sv + 1):
             out[f"dw_sigma{i}"] = 0.0
         out["dw_rank1_energy"] = out["dw_stable_rank"] = math.nan
+        out["dw_sigma_bound"] = out["dw_rank1_energy_bound"] = 0.0
+        out["dw_bound_unmet"], out["dw_passes"] = 0.0, 0.0
         out.update(direction_cosines(None, None))
         return out, None
-    svd_dw = top_svd(dw, n, exact_below, oversample=4, start=cache.get("basis_dw"),
-                     max_passes=min(max_passes, DW_MAX_PASSES), dir_tol=DW_DIR_TOL)
+    goal = ValueGoal(n, dw_rel_tol, dw_energy_tol, fro2, DW_DIR_TOL, DW_DIR_PASSES)
+    svd_dw = top_svd(dw, n, exact_below, oversample=4, start=cache.get("basis_dw"), max_passes=max_passes,
+                     values=goal)
     cache["basis_dw"] = svd_dw.basis
-    for i, s in enumerate(svd_dw.S.tolist()[:n_dw_sv], start=1):
-        out[f"dw_sigma{i}"] = s
-    s1 = float(svd_dw.S[0])
-    out["dw_rank1_energy"] = s1 * s1 / fro2 if s1 > 0 else math.nan
-    out["dw_stable_rank"] = fro2 / (s1 * s1) if s1 > 0 else math.nan
+    out.update(dw_spectrum(svd_dw.S.tolist()[:n], svd_dw.S_up.tolist()[:n], fro2, goal, n_dw_sv))
+    out["dw_passes"] = float(svd_dw.passes)
     dirs = (svd_dw.U[:, 0].float().cpu(), svd_dw.V[:, 0].float().cpu())
     out.update(direction_cosines(dirs, prev_dir))
     return out, dirs
+
+
+def dw_spectrum(s: list[float], s_up: list[float], fro2: float, goal: ValueGoal, n_dw_sv: int) -> dict[str, float]:
+    """dW's reported spectrum and its bounds from its top singular values' lower ends ``s`` (the Ritz values) and
+    upper bounds ``s_up`` (:func:`rlscope.topsvd.value_bounds`): ``dw_sigma<i>`` (exact in [s_i, s_i (1 +
+    dw_sigma_bound)]), ``dw_rank1_energy`` = s_1^2 / ||dW||_F^2 (exact in [e, e + dw_rank1_energy_bound]),
+    ``dw_stable_rank`` = 1 / energy, ``dw_bound_unmet`` (1 when a bound misses ``goal``'s targets). A singular value
+    below ``SIGMA_FLOOR`` x sigma_1 is numerically zero: it is left out of the relative bound (its error is below that
+    floor x sigma_1)."""
+    out = {f"dw_sigma{i}": v for i, v in enumerate(s[:n_dw_sv], start=1)}
+    s1 = s[0]
+    out["dw_rank1_energy"] = s1 * s1 / fro2 if s1 > 0 else math.nan
+    out["dw_stable_rank"] = fro2 / (s1 * s1) if s1 > 0 else math.nan
+    rel = [(u - x) / x for x, u in zip(s[:max(n_dw_sv, 1)], s_up) if x > SIGMA_FLOOR * s1 and x > 0]
+    out["dw_sigma_bound"] = max(rel) if rel else (0.0 if s_up[0] <= s1 else math.inf)
+    out["dw_rank1_energy_bound"] = (s_up[0] ** 2 - s1 * s1) / fro2
+    out["dw_bound_unmet"] = float(not goal.value_excess(s, s_up) <= 1.0)
+    return out
 
 
 @dataclass
@@ -201,11 +228,12 @@ class MatrixResult:
 
 def matrix_results(matrices: Iterable[tuple[str, torch.Tensor, torch.Tensor]], cache: dict, k: int = 16,
                    n_dw_sv: int = 4, exact_below: int = 256, abs_tol: float = ABS_TOL, rel_tol: float = REL_TOL,
-                   max_passes: int = MAX_PASSES) -> Iterator[MatrixResult]:
+                   max_passes: int = MAX_PASSES, dw_rel_tol: float = DW_REL_TOL,
+                   dw_energy_tol: float = DW_ENERGY_TOL) -> Iterator[MatrixResult]:
     """:func:`matrix_geometry` of each ``(name, W_0, W_t)``, with ``cache[name]`` carried between probes: the one
     per-matrix computation, run by the probe offline and by each rank on its share live."""
     for name, w0, wt in matrices:
         stats, dirs = matrix_geometry(w0, wt, k, n_dw_sv=n_dw_sv, exact_below=exact_below,
                                       cache=cache.setdefault(name, {}), abs_tol=abs_tol, rel_tol=rel_tol,
-                                      max_passes=max_passes)
+                                      max_passes=max_passes, dw_rel_tol=dw_rel_tol, dw_energy_tol=dw_energy_tol)
         yield MatrixResult(name, stats, dirs)

@@ -16,7 +16,11 @@ Per matrix (top-k subspaces):
 * ``sv_rel_change_*``: (s_t[i] - s_0[i]) / s_0[i] for the top-k singular values; mean |.| and max |.|;
 * ``dw_sigma1`` ... : the top singular values of dW; ``dw_rank1_energy`` = sigma_1^2 / ||dW||_F^2 (the Frobenius
   norm exact, from all entries, squares accumulated in float64); ``dw_stable_rank`` = ||dW||_F^2 / sigma_1^2;
-  ``dw_rel_norm`` = ||dW||_F / ||W_0||_F;
+  ``dw_rel_norm`` = ||dW||_F / ||W_0||_F; ``dw_sigma_bound``: each exact sigma_i of dW lies in [dw_sigma<i>,
+  dw_sigma<i> x (1 + dw_sigma_bound)] (the Ritz values are lower bounds; the upper ones by Kato-Temple,
+  :func:`rlscope.topsvd.value_bounds`, certified in float64); ``dw_rank1_energy_bound``: the exact energy lies in
+  [dw_rank1_energy, dw_rank1_energy + this]; ``dw_bound_unmet`` = 1 when these missed their targets (1% and 1e-3 by
+  default) within ``max_passes``; ``dw_passes``: passes over dW;
 * ``dw_dir_cos_left`` / ``_right``: |<u_1, u_1_prev>| (sign-aligned cosine) of dW's top singular vectors with those
   of the previous probe -- near 1 when the dominant direction evolves linearly.
 
@@ -29,6 +33,7 @@ and computes the direction cosines against the previous probe's directions, whic
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Iterable
@@ -37,13 +42,15 @@ import torch
 
 from rlscope.cadence import Cadence
 from rlscope.probes import Records, register
-from rlscope.probes.weight_matrix import (ABS_TOL, MAX_PASSES, REL_TOL, MatrixResult, direction_cosines, kind_of,
-                                          layer_of, matrix_results)
+from rlscope.probes.weight_matrix import (ABS_TOL, DW_ENERGY_TOL, DW_REL_TOL, MAX_PASSES, REL_TOL, MatrixResult,
+                                          direction_cosines, kind_of, layer_of, matrix_results)
 
 
+_MATRIX_DEFAULTS = {name: p.default for name, p in inspect.signature(matrix_results).parameters.items()
+                    if p.default is not inspect.Parameter.empty}  # what results computed without an option used
 LAYER_STATS = ("angle_left_mean", "angle_right_mean", "sv_rel_change_mean", "dw_rank1_energy")
-MAX_STATS = ("angle_error_bound",)  # aggregated as the largest (a bound on every matrix's angles)
-SUM_STATS = ("angle_unresolved", "angle_bound_unmet")  # aggregated as counts
+MAX_STATS = ("angle_error_bound", "dw_sigma_bound", "dw_rank1_energy_bound")  # the largest: a bound on every matrix
+SUM_STATS = ("angle_unresolved", "angle_bound_unmet", "dw_bound_unmet")  # aggregated as counts
 
 
 def aggregate(per_matrix: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -83,12 +90,14 @@ class WeightView:
 @register("weights", source="weights", inputs=("matrices", "results"),
           outputs=("angle_left_mean", "angle_left_max", "angle_right_mean", "angle_right_max", "angle_error_bound",
                    "angle_unresolved", "angle_bound_unmet", "passes", "sv_rel_change_mean", "sv_rel_change_max",
-                   "dw_rel_norm", "dw_sigma<i>", "dw_rank1_energy", "dw_stable_rank", "dw_dir_cos_left",
+                   "dw_rel_norm", "dw_sigma<i>", "dw_rank1_energy", "dw_stable_rank", "dw_sigma_bound",
+                   "dw_rank1_energy_bound", "dw_bound_unmet", "dw_passes", "dw_dir_cos_left",
                    "dw_dir_cos_right", "kind/<kind>/<stat>", "layer/<i>/<stat>", "n_matrices"),
           extras=("per_matrix",),
           cost="heavy", cadence=Cadence(every=50, at_end=True), persist=("prev",))
 def weight_geometry(view: WeightView, state: dict, k: int = 16, n_dw_sv: int = 4, exact_below: int = 256,
-                    abs_tol: float = ABS_TOL, rel_tol: float = REL_TOL, max_passes: int = MAX_PASSES) -> dict:
+                    abs_tol: float = ABS_TOL, rel_tol: float = REL_TOL, max_passes: int = MAX_PASSES,
+                    dw_rel_tol: float = DW_REL_TOL, dw_energy_tol: float = DW_ENERGY_TOL) -> dict:
     """Rotation vs scaling of the weights and the structure of dW = W_t - W_0, per matrix and aggregated, each angle
     with a bound on its error.
 
@@ -97,19 +106,22 @@ def weight_geometry(view: WeightView, state: dict, k: int = 16, n_dw_sv: int = 4
     (``kind/<q>/<stat>``) and per layer (``layer/<i>/<stat>``, a few stats); ``n_matrices``; ``per_matrix`` (one row
     per matrix, to ``weights.jsonl``). Options: ``k`` (subspace size), ``n_dw_sv`` (singular values of dW reported),
     ``exact_below`` (dense float64 when the smaller side is at most this), ``abs_tol`` / ``rel_tol`` (each angle's
-    error bound is refined below max(abs_tol, rel_tol x angle)), ``max_passes`` (per matrix and probe). ``state``
+    error bound is refined below max(abs_tol, rel_tol x angle)), ``dw_rel_tol`` / ``dw_energy_tol`` (dW's singular
+    values are refined until each is within dw_rel_tol relative and the rank-1 energy within dw_energy_tol absolute),
+    ``max_passes`` (per matrix and probe, for W_t and for dW). ``state``
     keeps dW's previous directions (``prev``, persisted for resumes) and, offline, each matrix's ``cache``.
     """
     options = dict(k=k, n_dw_sv=n_dw_sv, exact_below=exact_below, abs_tol=abs_tol, rel_tol=rel_tol,
-                   max_passes=max_passes)
+                   max_passes=max_passes, dw_rel_tol=dw_rel_tol, dw_energy_tol=dw_energy_tol)
     if k < 1:
         raise ValueError(f"weights probe: k must be >= 1, got {k}")
-    if not (abs_tol > 0 and rel_tol >= 0 and max_passes >= 2):
-        raise ValueError(f"weights probe: need abs_tol > 0, rel_tol >= 0, max_passes >= 2; got abs_tol={abs_tol}, "
-                         f"rel_tol={rel_tol}, max_passes={max_passes}")
+    if not (abs_tol > 0 and rel_tol >= 0 and max_passes >= 2 and dw_rel_tol > 0 and dw_energy_tol > 0):
+        raise ValueError(f"weights probe: need abs_tol > 0, rel_tol >= 0, max_passes >= 2, dw_rel_tol > 0, "
+                         f"dw_energy_tol > 0; got abs_tol={abs_tol}, rel_tol={rel_tol}, max_passes={max_passes}, "
+                         f"dw_rel_tol={dw_rel_tol}, dw_energy_tol={dw_energy_tol}")
     prev = state.setdefault("prev", {})
     if view.results is not None:
-        if view.options is not None and view.options != options:
+        if view.options is not None and {**_MATRIX_DEFAULTS, **view.options} != options:
             raise ValueError(f"weights probe: the per-matrix results were computed with {view.options}, the probe "
                              f"runs with {options}")
         results: Iterable[MatrixResult] = view.results

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from rlscope.callbacks.sources import SOURCES, Source
 from rlscope.common import model_is_partitioned, multi_rank
-from rlscope.probes.weight_matrix import DEFAULT_PATTERNS, MatrixResult, matrix_results, select_matrices
+from rlscope.probes.weight_matrix import (DEFAULT_PATTERNS, MATRIX_OPTIONS, MatrixResult, matrix_results,
+                                          select_matrices)
 from rlscope.probes.weights import WeightView
 from rlscope.topsvd import TopSVD
 from rlscope.weight_geometry import (Snapshot, full_numel, full_parameters, physical_memory_bytes,
@@ -204,8 +205,7 @@ class WeightSource(Source):
     def collect(self, ctx, probes):
         due = [p for p in probes if p.name in self.options] or probes
         options = self.options.get(due[0].name, {}) if due else {}
-        options = {k: v for k, v in options.items() if k in ("k", "n_dw_sv", "exact_below", "abs_tol", "rel_tol",
-                                                               "max_passes")}
+        options = {k: v for k, v in options.items() if k in MATRIX_OPTIONS}
         mine = set(self.mine)
         results: list[MatrixResult] = []
         if model_is_partitioned(ctx.model):
