@@ -11,7 +11,7 @@ $(BIN)/.rlscope-installed: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
 
-.PHONY: setup demo test
+.PHONY: setup demo test gpu-check
 setup: $(BIN)/.rlscope-installed
 
 demo: setup
@@ -19,3 +19,7 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q tests
+
+# On a GPU machine: the gpu tests and the GPU benchmarks, JSON lines into gpu-check/gpu-check.jsonl (scripts/gpu_check.sh)
+gpu-check:
+	PYTHON=$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) bash scripts/gpu_check.sh

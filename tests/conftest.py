@@ -26,3 +26,15 @@ def tiny_path(tmp_path_factory):
     from rlscope.tinymodel import build_tiny
 
     return build_tiny(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def pytest_collection_modifyitems(config, items):
+    """``gpu`` tests run where CUDA is available and are skipped elsewhere (CI has no GPU): ``make gpu-check``."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (make gpu-check on a GPU machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

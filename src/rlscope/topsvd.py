@@ -145,13 +145,13 @@ def ritz_bound(theta: torch.Tensor, R: torch.Tensor, k: int) -> tuple[float, flo
     d = theta.numel()
     if k >= d:
         return 0.0, math.nan
-    G = R.T @ R  # spectral norms of the leading column blocks from their d x d Gram matrix
+    G = (R.T @ R).cpu()  # spectral norms of the leading column blocks from their d x d Gram matrix (on the host)
 
     def norm2(j: int) -> float:
         return math.sqrt(max(float(torch.linalg.eigvalsh(G[:j, :j])[-1]), 0.0))
 
     th = theta.tolist()
-    lam = (theta + G.diagonal().clamp(min=0).sqrt()).tolist()  # upper bounds of the exact eigenvalues
+    lam = (theta.cpu() + G.diagonal().clamp(min=0).sqrt()).tolist()  # upper bounds of the exact eigenvalues
     near = th[k - 1] - lam[k]
     if not near > 0:
         return math.inf, near / max(th[k - 1], 1e-300)
@@ -253,6 +253,15 @@ class ValueGoal:
 
 def _orth(x: torch.Tensor) -> torch.Tensor:
     return torch.linalg.qr(x).Q
+
+
+def _eigh(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """eigh of a small symmetric matrix, on the host: a GPU's solver takes milliseconds to start on a 100 x 100 matrix
+    that a CPU core decomposes in a fraction of one (on CPU: torch.linalg.eigh itself)."""
+    if M.device.type == "cpu":
+        return torch.linalg.eigh(M)
+    e, W = torch.linalg.eigh(M.cpu())
+    return e.to(M.device), W.to(M.device)
 
 
 class _Gram:
@@ -380,7 +389,7 @@ class _Space:
         """Ritz values (descending, d), Ritz vectors V, H V, A V (or None)."""
         c = self.c
         T = self.T[:c, :c]
-        theta, W = torch.linalg.eigh((T + T.T) / 2)
+        theta, W = _eigh((T + T.T) / 2)
         theta, W = theta.flip(0)[:d], W.flip(1)[:, :d]
         AV = self.AQ[:, :c] @ W if self.AQ is not None else None
         return theta, self.Q[:, :c] @ W, self.HQ[:, :c] @ W, AV
@@ -403,7 +412,7 @@ def _dense(op: _Gram, k: int, d: int) -> TopSVD:
     with all_threads():
         w = op.w64 if op.w64 is not None else op.stored.double()
         H = w @ w.T if op.rows_wide else w.T @ w
-    theta, W = torch.linalg.eigh(H)
+    theta, W = _eigh(H)
     theta, W = theta.flip(0), W.flip(1)
     d = min(d, op.n)
     R = H @ W[:, :d] - W[:, :d] * theta[:d]
@@ -470,7 +479,7 @@ def _krylov(op: _Gram, w: torch.Tensor, k: int, d: int, start, given: Callable, 
         C = V if N is None else torch.cat([V, N], dim=1)
         AX, HX = op.apply(C, True)
         T = C.T @ HX
-        theta, W2 = torch.linalg.eigh((T + T.T) / 2)
+        theta, W2 = _eigh((T + T.T) / 2)
         theta, W2 = theta.flip(0)[:d], W2.flip(1)[:, :d]
         V, HV, AV = C @ W2, HX @ W2, AX @ W2
         R = HV - V * theta
@@ -534,8 +543,9 @@ def principal_angles(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     # fresh row-major float64 copies: the same numbers whatever the inputs' layout and alignment (W_0's vectors are
     # column-major views when computed, row-major at an odd address when read back by a resumed run, and BLAS rounds
     # the two differently on some CPUs)
-    a = torch.empty(a.shape, dtype=torch.float64, device=a.device).copy_(a)
-    b = torch.empty(b.shape, dtype=torch.float64, device=a.device).copy_(b)
+    # on the host: n x k float64 copies, and SVDs of k x k / n x k matrices a GPU solver is slower to start on
+    a = torch.empty(a.shape, dtype=torch.float64).copy_(a)
+    b = torch.empty(b.shape, dtype=torch.float64).copy_(b)
     ab = a.T @ b
     cos = torch.linalg.svdvals(ab).clamp(-1.0, 1.0)  # descending -> angles ascending
     sin = torch.linalg.svdvals(b - a @ ab).clamp(-1.0, 1.0).flip(0)  # ascending -> angles ascending

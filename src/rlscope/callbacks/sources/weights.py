@@ -23,14 +23,16 @@ import os
 import time
 from pathlib import Path
 
+import torch
+
 from rlscope.callbacks.sources import SOURCES, Source
 from rlscope.common import model_is_partitioned, multi_rank
 from rlscope.probes.weight_matrix import (DEFAULT_PATTERNS, MATRIX_OPTIONS, MatrixResult, matrix_results,
                                           select_matrices)
 from rlscope.probes.weights import WeightView
 from rlscope.topsvd import TopSVD
-from rlscope.weight_geometry import (Snapshot, full_numel, full_parameters, physical_memory_bytes,
-                                     split_matrices)
+from rlscope.weight_geometry import (ResidentW0, Snapshot, compute_device, device_budget, full_numel, full_parameters,
+                                     physical_memory_bytes, split_matrices)
 
 
 def _world() -> tuple[int, int]:
@@ -53,11 +55,21 @@ class WeightSource(Source):
     """Options: ``patterns`` (globs over parameter names; default q, k, v, o, gate, up, down of every layer),
     ``snapshot_dir`` (where W_0 is written; default the run's ``weights/w0``), ``max_memory_gb`` (per process: W_0 of
     the process's share kept in memory up to this, default a quarter of RAM divided by the processes on the node;
-    beyond it, read back from disk one matrix at a time; the same budget bounds the ZeRO-3 copies of W_t)."""
+    beyond it, read back from disk one matrix at a time; the same budget bounds the ZeRO-3 copies of W_t),
+    ``device`` (``auto``: compute where the weights live -- on a GPU run W_t is read in place and W_0 kept on the
+    device; ``cpu``: the host sweep, for a GPU run that wants its memory), ``w0_device_fraction`` (on a GPU, W_0 is
+    kept on the device up to this share of its free memory, the rest streamed from pinned host memory; the same
+    budget bounds the ZeRO-3 copies of W_t there)."""
 
     name = "weights"
 
-    def __init__(self, patterns=DEFAULT_PATTERNS, snapshot_dir=None, max_memory_gb: float | None = None):
+    def __init__(self, patterns=DEFAULT_PATTERNS, snapshot_dir=None, max_memory_gb: float | None = None,
+                 device: str = "auto", w0_device_fraction: float = 0.1):
+        if not 0 <= w0_device_fraction <= 1:
+            raise ValueError(f"weights source: w0_device_fraction must be in [0, 1], got {w0_device_fraction}")
+        self.device_choice, self.w0_fraction = device, float(w0_device_fraction)
+        self.device = torch.device("cpu")  # where the probe computes (setup: compute_device)
+        self.w0: ResidentW0 | None = None
         self.patterns = tuple(patterns)
         self.snapshot_dir = snapshot_dir
         self.max_memory = None if max_memory_gb is None else int(max_memory_gb * 2 ** 30)
@@ -97,10 +109,13 @@ class WeightSource(Source):
         sizes = [full_numel(params[n]) for n in self.names]
         owner = split_matrices(sizes, world)
         self.mine = [n for n, r in zip(self.names, owner) if r == rank]
+        self.device = compute_device(ctx.model, self.names, self.device_choice)
         budget = self._budget()
+        device_budget_bytes = device_budget(self.device, self.w0_fraction) if self.device.type != "cpu" else None
+        chunk_budget = budget if device_budget_bytes is None else device_budget_bytes
         self.chunks, chunk, share = [], [], [0] * world  # ZeRO-3 chunks: no rank holds more than the budget of W_t
         for name, size, r in zip(self.names, sizes, owner):
-            if chunk and (share[r] + size) * 4 > budget:
+            if chunk and (share[r] + size) * 4 > chunk_budget:
                 self.chunks.append(chunk)
                 chunk, share = [], [0] * world
             chunk.append(name)
@@ -113,6 +128,7 @@ class WeightSource(Source):
             if missing:
                 raise ValueError(f"weights source: the stored W_0 in {self.snapshot_dir} lacks {sorted(missing)[:3]}")
             self._load_warm(ctx.step)
+            self.w0 = ResidentW0(self.snapshot, self.mine, self.device, device_budget_bytes)
             return
         t0 = time.perf_counter()
         mine = set(self.mine)
@@ -122,13 +138,17 @@ class WeightSource(Source):
         _barrier()  # every rank's share is written before the index marks W_0 whole
         if ctx.is_main and _world()[1] == 0 and self.snapshot_dir is not None:
             Snapshot.write_index(self.snapshot_dir, self.names)
+        self.w0 = ResidentW0(self.snapshot, self.mine, self.device, device_budget_bytes)
         self.snapshot_seconds = time.perf_counter() - t0
 
-    def _compute(self, pairs, options: dict) -> list[MatrixResult]:
+    def _compute(self, pairs, names: list[str], options: dict) -> list[MatrixResult]:
+        """Each ``(name, W_t)`` of ``pairs`` (in the order of ``names``) against its W_0 on the compute device
+        (:class:`ResidentW0`: the next one's copy overlaps this one's computation)."""
         out = []
-        for name, wt in pairs:
+        for (name, wt), (name0, w0) in zip(pairs, self.w0.stream(names)):
+            assert name == name0, (name, name0)
             try:
-                out.extend(matrix_results([(name, self.snapshot[name], wt)], self.cache, **options))
+                out.extend(matrix_results([(name, w0, wt)], self.cache, **options))
             except Exception as exc:  # noqa: BLE001 -- sent to the main process, whose probe raises it
                 out.append(MatrixResult(name, error=f"{type(exc).__name__}: {exc}"))
         return out
@@ -182,7 +202,8 @@ class WeightSource(Source):
                 for n, m in meta.items():
                     if n not in mine:
                         continue
-                    get = (lambda key, _n=n: f.get_tensor(f"{_n}\t{key}") if f"{_n}\t{key}" in keys else None)
+                    get = (lambda key, _n=n: f.get_tensor(f"{_n}\t{key}").to(self.device) if f"{_n}\t{key}" in keys
+                           else None)
                     self.cache.setdefault(n, {})["svd0"] = TopSVD(get("U"), get("S"), get("V"), m["bound"],
                                                                   m["rel_gap"], m["passes"], get("basis"),
                                                                   m["certified"])
@@ -199,8 +220,8 @@ class WeightSource(Source):
             with safe_open(str(path), "pt") as f:
                 for flat in f.keys():
                     n, key = flat.split("\t")
-                    if n in mine:
-                        self.cache.setdefault(n, {})[key] = f.get_tensor(flat)
+                    if n in mine:  # warm starts live where the probe computes
+                        self.cache.setdefault(n, {})[key] = f.get_tensor(flat).to(self.device)
 
     def collect(self, ctx, probes):
         due = [p for p in probes if p.name in self.options] or probes
@@ -208,13 +229,15 @@ class WeightSource(Source):
         options = {k: v for k, v in options.items() if k in MATRIX_OPTIONS}
         mine = set(self.mine)
         results: list[MatrixResult] = []
+        # on the host: copies (today's CPU sweep); on a GPU: W_t read in place (ZeRO-3: the gathered matrix stays there)
+        where = "cpu" if self.device.type == "cpu" else None
         if model_is_partitioned(ctx.model):
             for chunk in self.chunks:  # gathers on every rank, then each rank computes its copies
-                held = [(n, t) for n, t in full_parameters(ctx.model, chunk, materialize=mine.__contains__)
-                        if t is not None]
-                results.extend(self._compute(held, options))
+                held = [(n, t) for n, t in full_parameters(ctx.model, chunk, materialize=mine.__contains__,
+                                                           device=where) if t is not None]
+                results.extend(self._compute(held, [n for n, _ in held], options))
         else:
-            results = self._compute(full_parameters(ctx.model, self.mine), options)
+            results = self._compute(full_parameters(ctx.model, self.mine, device=where), self.mine, options)
         self._save_warm(ctx.step)
         world, rank = _world()
         if world > 1:
