@@ -214,3 +214,24 @@ def test_seconds_of_every_probe_and_of_the_engine_are_published(tmp_path, tiny_s
     for name in ("rlscope/entropy/seconds", "rlscope/engine/seconds", "rlscope/engine/tokens_seconds"):
         steps, values = r.series(name)
         assert steps == [1, 2] and all(v >= 0 and math.isfinite(v) for v in values), name
+
+
+def test_each_metric_is_stored_once_per_step_where_the_last_steps_pass_and_the_end_pass_meet(tmp_path, tiny_sft_path):
+    """At the last step the step's pass (token probes and the gradient probe, every step) and the end-of-run pass
+    (pass@k: at start and end only) both run. Read from the raw metrics file (no reader's dedupe): every
+    (step, name) once; the engine's timings at that step are the sums over both passes."""
+    from helpers import run_recipe
+
+    run_recipe(tmp_path, "tiny_dapo.yaml", "--max_steps", "2", "--run_name", "meet", "--eval_heldout", "false",
+               "--probes", "entropy", "grad", "passk", "--probe_every", '{"passk": "start,end"}',
+               "--probe_options", '{"passk": {"n": 2, "max_prompts": 3}}')
+    rows = [json.loads(line) for line in (tmp_path / "meet" / "metrics.jsonl").read_text().splitlines()]
+    keys = [(r["step"], r["name"]) for r in rows]
+    assert [k for k in set(keys) if keys.count(k) > 1] == []
+    at = {r["name"]: r["value"] for r in rows if r["step"] == 2 and r["name"].startswith("rlscope/")}
+    assert {"rlscope/entropy/mean", "rlscope/grad/seconds", "rlscope/passk/pass@1"} <= set(at)  # both passes ran
+    parts = [at["rlscope/engine/tokens_seconds"], at["rlscope/engine/gradients_seconds"],
+             at["rlscope/engine/samples_seconds"]]
+    assert at["rlscope/engine/seconds"] >= sum(parts) > at["rlscope/engine/samples_seconds"] > 0
+    engine_steps = sorted(r["step"] for r in rows if r["name"] == "rlscope/engine/seconds")
+    assert engine_steps == [0, 1, 2]  # the start pass (pass@k's base), each step; the end pass merged into step 2

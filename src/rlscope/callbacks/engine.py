@@ -12,7 +12,9 @@ What it owns, once for all probes (the way cockpit's quantities work: track -> s
 * **memory** -- each probe's ``state`` (restored from the store on a resumed run when the probe declares how),
   ``history`` (every result's scalars), ``last`` (the latest value of every metric), ``latest`` (the latest whole
   result of each probe);
-* **end of run** -- probes with ``at_end`` run once more after the last step (unless they just ran).
+* **end of run** -- probes with ``at_end`` run once more after the last step (unless they just ran);
+* **its own timings** -- ``rlscope/engine/*`` (``seconds``, ``<source>_seconds``, ``<source>_comm_bytes``), one row
+  per step: the sums over every pass of the engine at that step (see :meth:`Observatory._engine_add`).
 
 Probe functions run on the main process, except those declared ``per_rank`` (the token probes), which run on every
 rank with its share of the step and combine the shares exactly (:mod:`rlscope.probes.reduce`); only the main
@@ -196,6 +198,7 @@ class Observatory(TrainerCallback):
         self.trainer = None
         self.alarms = None  # live alarms (rlscope.callbacks.alarms.Alarms), set by attach
         self.failed: dict[str, dict] = {}  # probe -> {step, error}: disabled on every rank after it raised
+        self._engine_pending: tuple[int, int | None, dict[str, float]] | None = None  # (step, trainer step, sums)
 
     # -- wiring ------------------------------------------------------------------------------------------------
     def bind(self, trainer) -> "Observatory":
@@ -239,6 +242,8 @@ class Observatory(TrainerCallback):
             self._run(ctx, lambda r: r.cadence.at_start)
 
     def on_step_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
+        if state.is_world_process_zero:
+            self._engine_flush()  # the previous step is over: its engine timings are final
         upcoming = state.global_step + 1
         ctx = self._ctx(state, "step", model, processing_class, trainer_step=upcoming)
         for name, runs in self._by_source.items():
@@ -253,7 +258,14 @@ class Observatory(TrainerCallback):
         gs = state.global_step
         self._run(self._ctx(state, "end", model, processing_class), lambda r: r.cadence.at_end and r.last_step != gs)
         if state.is_world_process_zero:
+            self._engine_flush()  # the last step's timings: its step pass and this end pass, summed
             self.publisher.close()
+
+    def on_save(self, args, state, control, **kwargs):
+        """A checkpoint of this step is on disk: a run resumed from it does not run the step again, so its engine
+        timings are written now -- unless training ends at this step, where the end pass adds its own to them."""
+        if state.is_world_process_zero and not (control.should_training_stop or state.global_step >= state.max_steps):
+            self._engine_flush()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is not None:
@@ -314,7 +326,33 @@ class Observatory(TrainerCallback):
                     engine[f"{name}_comm_bytes"] = float(comm.bytes - sent)
         if engine:
             engine["seconds"] = time.perf_counter() - t0
-            self.last.update(self.publisher.probe_result(ctx.step, "engine", engine, ctx.trainer_step))
+            self._engine_add(ctx.step, ctx.trainer_step, engine)
+
+    def _engine_add(self, step: int, trainer_step: int | None, values: dict[str, float]) -> None:
+        """Add one pass's engine timings to those of ``step``; they are written once, when the step is over
+        (:meth:`_engine_flush`: at the next step's begin, at a checkpoint before the last step, at the end of training,
+        after :meth:`measure`).
+
+        Two passes can meet at one step: the last step's pass and the end-of-run pass (a probe with ``at_end`` that
+        was not due at the last step, e.g. pass@k every 3 in a 10-step run whose weights probe runs every 2). The
+        store holds each (step, metric) once, so ``rlscope/engine/seconds`` at such a step is the sum of the passes:
+        all the time the engine took at that step, which is what the per-step overhead is read for (likewise
+        ``<source>_seconds`` and ``<source>_comm_bytes``: each source's time and bytes over the step's passes)."""
+        if self._engine_pending is not None and self._engine_pending[0] != step:
+            self._engine_flush()
+        if self._engine_pending is None:
+            self._engine_pending = (step, trainer_step, {})
+        sums = self._engine_pending[2]
+        for key, value in values.items():
+            sums[key] = sums.get(key, 0.0) + value
+
+    def _engine_flush(self) -> None:
+        """Write the pending step's engine timings (one row per metric; main process)."""
+        if self._engine_pending is None:
+            return
+        step, trainer_step, sums = self._engine_pending
+        self._engine_pending = None
+        self.last.update(self.publisher.probe_result(step, "engine", sums, trainer_step))
 
     def _call(self, r: ProbeRun, view, ctx: Context, per_rank: bool) -> dict | None:
         """One probe on ``view``; None when it failed (then disabled). A per-rank probe ends with
@@ -392,6 +430,7 @@ class Observatory(TrainerCallback):
             self._measured_setup = True
         before = len(self.history)
         self._run(ctx, lambda r: True)
+        self._engine_flush()  # one measure() is one pass: its engine timings are written with it
         return {k: v for _, _, scalars in self.history[before:] for k, v in scalars.items()}
 
     # -- reading back ------------------------------------------------------------------------------------------
