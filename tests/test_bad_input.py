@@ -50,6 +50,28 @@ def _checkpoint_of_another_model(tmp_path) -> list[str]:
     return _train(tmp_path, "--run_name", "narrow", "--resume_from_checkpoint", str(checkpoint))
 
 
+def _weights_base(tmp_path) -> str:
+    """A real (if tiny) safetensors model directory for ``rlscope weights`` to compare against."""
+    import torch
+    from safetensors.torch import save_file
+
+    base = tmp_path / "base"
+    base.mkdir()
+    save_file({"model.layers.0.mlp.up_proj.weight": torch.zeros(4, 4)}, str(base / "model.safetensors"))
+    return str(base)
+
+
+def _weights_base_copy(tmp_path) -> str:
+    import shutil
+
+    return str(shutil.copytree(tmp_path / "base", tmp_path / "ckpt"))
+
+
+def _weights_empty_dir(tmp_path) -> list[str]:
+    (tmp_path / "empty").mkdir()
+    return ["weights", _weights_base(tmp_path), str(tmp_path / "empty")]
+
+
 # row name (as in the README's table) -> (argv builder, what the one line must say)
 CASES = {
     "unknown recipe key": (lambda t: ["train", "--config", _recipe(t, "task: chainsum\nlearnin_rate: 1e-3\n")],
@@ -90,6 +112,14 @@ CASES = {
                                         r"bf16 is on .* but this machine has no GPU: add `bf16: false`"),
     "missing checkpoint": (lambda t: _train(t, "--resume_from_checkpoint", str(t / "checkpoint-9")),
                            r"resume_from_checkpoint .*checkpoint-9: no such checkpoint directory"),
+    "weights checkpoint that does not exist": (
+        lambda t: ["weights", _weights_base(t), str(t / "no" / "checkpoint-9")],
+        r"checkpoint .*no/checkpoint-9: no such file or directory; give a model directory written by save_pretrained"),
+    "weights directory without safetensors": (
+        _weights_empty_dir, r"checkpoint .*empty: no safetensors weights in the directory; give a model directory"),
+    "weights on a device the machine lacks": (
+        lambda t: ["weights", _weights_base(t), _weights_base_copy(t), "--device", "cuda"],
+        r"--device cuda: this machine has no CUDA device; use --device cpu"),
     "checkpoint from another model": (_checkpoint_of_another_model,
                                       r"was written by another model \(hidden_size 128 vs 256; intermediate_size "
                                       r"384 vs 768"),
@@ -100,7 +130,7 @@ CASES = {
 def test_bad_input_is_one_clear_line(name, tmp_path, capsys, monkeypatch):
     import torch
 
-    if name == "bf16 on a machine without a GPU" and torch.cuda.is_available():
+    if name in ("bf16 on a machine without a GPU", "weights on a device the machine lacks") and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     monkeypatch.delenv("RLSCOPE_DEBUG", raising=False)
     build, expected = CASES[name]

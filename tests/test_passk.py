@@ -261,6 +261,48 @@ def test_keyed_decoding_equals_hf_generate_with_the_keyed_processor(tiny_sft_pat
     assert 0 < int(ends.sum()), "some samples end before the budget (the loop dropped rows)"
 
 
+def test_compaction_threshold_does_not_change_the_tokens(tiny_sft_path):
+    """Ended rows dropped at once (compact_at 0), when a quarter / half of the batch has ended, or never (1: fed
+    padding until all end, as HF generate does): the same tokens, equal to HF generate's, with rows ending at many
+    different steps; an ended row writes only padding after its end-of-sequence token."""
+    import torch
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    from rlscope.decode import keyed_generate
+    from rlscope.passk_eval import left_padded, pad_id
+    from rlscope.sampling import KeyedGumbelSampler, row_keys
+    from rlscope.tasks import get_task
+    from rlscope.tinymodel import load_policy
+
+    model, tok = load_policy(str(tiny_sft_path))
+    model.eval()
+    task = get_task("chainsum", seed=0)
+    prompts = [task.render_prompt(r, tok) for r in task.rows("heldout")[:6]]
+    n, max_new = 6, task.max_completion_length
+    ids, mask = left_padded(tok, prompts, "cpu")
+    sampler = KeyedGumbelSampler(row_keys(5, [i for i in range(6) for _ in range(n)], list(range(n)) * 6),
+                                 ids.shape[1], 1.0, 1.0)
+    runs = {c: keyed_generate(model, ids, mask, sampler, max_new, [tok.eos_token_id], pad_id(tok), repeats=n,
+                              compact_at=c) for c in (0.0, 0.25, 0.5, 1.0)}
+    config = GenerationConfig(do_sample=False, num_beams=1, top_k=None, top_p=None, temperature=None,
+                              repetition_penalty=1.0, max_new_tokens=max_new, pad_token_id=pad_id(tok),
+                              eos_token_id=tok.eos_token_id)
+    with torch.no_grad():
+        hf = model.generate(input_ids=ids.repeat_interleave(n, 0), attention_mask=mask.repeat_interleave(n, 0),
+                            generation_config=config, logits_processor=LogitsProcessorList([sampler]))
+    hf = hf[:, ids.shape[1]:]
+    ours = runs[0.0]
+    assert all(torch.equal(ours, r) for r in runs.values())
+    assert torch.equal(ours[:, :hf.shape[1]], hf) and bool((ours[:, hf.shape[1]:] == pad_id(tok)).all())
+    is_eos = ours == tok.eos_token_id
+    ends = [int(row.nonzero()[0]) for row in is_eos if row.any()]
+    assert len(set(ends)) >= 8, ends  # rows end at many different steps
+    for row, end in zip(ours[is_eos.any(1)], ends):
+        assert bool((row[end + 1:] == pad_id(tok)).all())
+    with pytest.raises(ValueError, match=r"compact_at must be in \[0, 1\], got 2"):
+        keyed_generate(model, ids, mask, sampler, 4, [tok.eos_token_id], pad_id(tok), repeats=n, compact_at=2)
+
+
 def test_counts_do_not_depend_on_batching_and_change_with_the_seed(tiny_sft_path):
     """Samples are keyed per (prompt, sample, position): 1, 5 or 16 prompts per batch give the same counts on the
     tiny model on CPU (left padding and batch shape do not change its logits here); another seed gives other

@@ -41,26 +41,44 @@ def bench_step(steps: int = 20, warmup: int = 2, recipe: str = "tiny_dapo") -> d
 
 
 def _stamp_callback(stamps: list, own: list[float]):
-    """At each step's end: (the time, rlscope's own seconds so far)."""
+    """At each step's end: (the time, rlscope's own seconds so far); on a GPU, once its queued work is done."""
+    import torch
     from transformers import TrainerCallback
 
     class Stamp(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                torch.cuda.synchronize()
             stamps.append((time.perf_counter(), own[0]))
 
     return Stamp()
 
 
-def _overhead_run(arm: str, recipe: str, steps: int, warmup: int, tmp: str, index: int) -> tuple[float, float]:
-    """Seconds per optimizer step (after ``warmup`` steps) of one arm, and of them the seconds in rlscope's own
-    code (0 for ``bare``): ``bare`` = stock ``trl.GRPOTrainer``; ``rlscope`` = rlscope's DAPOTrainer with the run
-    store and the default Observatory attached."""
+def _recipe_path(recipe: str):
+    """A recipe file, or a bundled recipe's name."""
+    from rlscope import paths
+
+    return Path(recipe) if Path(recipe).is_file() else paths.recipe(recipe)
+
+
+OVERHEAD_DEVICE_FLAGS = {None: [], "cpu": ["--use_cpu", "true", "--bf16", "false"],
+                         "cuda": ["--use_cpu", "false", "--bf16", "true"]}
+
+
+def _overhead_run(arm: str, recipe: str, steps: int, warmup: int, tmp: str, index: int, model: str | None = None,
+                  device: str | None = None, probes: str = "default") -> tuple[float, float, float | None]:
+    """Seconds per optimizer step (after ``warmup`` steps) of one arm, of them the seconds in rlscope's own code (0
+    for ``bare``), and the seconds of the weights probe's pass (``probes="heavy"``; else None): ``bare`` = stock
+    ``trl.GRPOTrainer``; ``rlscope`` = rlscope's DAPOTrainer with the run store and the default Observatory attached
+    (``heavy``: also ``grad`` at every step and ``weights`` every 50 steps and at the end, whose end-of-run pass,
+    after the last timed step, is the one timed). ``model``: a model directory (default: the warm-started tiny
+    model); ``device``: ``cuda`` runs with ``use_cpu`` false and bf16, ``cpu`` with ``use_cpu`` true and float32,
+    None as the recipe says."""
     import dataclasses
 
     from transformers import AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
-    from rlscope import paths
     from rlscope.callbacks import attach
     from rlscope.recipe import parse_recipe
     from rlscope.tasks import get_task
@@ -68,11 +86,11 @@ def _overhead_run(arm: str, recipe: str, steps: int, warmup: int, tmp: str, inde
     from rlscope.trainers.dapo import DAPOTrainer
 
     run_args, cfg, _ = parse_recipe(
-        ["--config", str(paths.recipe(recipe)), "--max_steps", str(steps + warmup), "--save_strategy", "no",
+        ["--config", str(_recipe_path(recipe)), "--max_steps", str(steps + warmup), "--save_strategy", "no",
          "--report_to", "none", "--disable_tqdm", "true", "--output_dir", f"{tmp}/{arm}-{index}",
-         "--dynamic_sampling", "false", "--overlong_buffer_len", "0"])
+         "--dynamic_sampling", "false", "--overlong_buffer_len", "0", *OVERHEAD_DEVICE_FLAGS[device]])
     task = get_task(run_args.task, **run_args.task_config)
-    model = str(tiny_sft_model(run_args.task, run_args.task_config))
+    model = str(model or tiny_sft_model(run_args.task, run_args.task_config))
     tok = AutoTokenizer.from_pretrained(model)
     stamps: list[tuple[float, float]] = []
     own = [0.0]
@@ -84,12 +102,15 @@ def _overhead_run(arm: str, recipe: str, steps: int, warmup: int, tmp: str, inde
                                                  and k not in ("generation_batch_size",)}), **common)
     else:
         trainer = DAPOTrainer(args=cfg, **common)
-        trainer.run_store = attach(trainer, f"{tmp}/{arm}-{index}/run").writer
+        heavy = {"grad": 1, "weights": {"every": 50, "at_end": True}} if probes == "heavy" else {}
+        obs = attach(trainer, f"{tmp}/{arm}-{index}/run", **heavy)
+        trainer.run_store = obs.writer
         _time_rlscope_code(trainer, own)
     trainer.train()
     (t0, own0), (t1, own1) = stamps[warmup - 1], stamps[-1]
     n = len(stamps) - warmup
-    return (t1 - t0) / n, (own1 - own0) / n
+    weights = obs.last.get("rlscope/engine/weights_seconds") if arm != "bare" and probes == "heavy" else None
+    return (t1 - t0) / n, (own1 - own0) / n, weights
 
 
 def _time_rlscope_code(trainer, own: list[float]) -> None:
@@ -118,8 +139,32 @@ def _time_rlscope_code(trainer, own: list[float]) -> None:
             setattr(trainer, name, timed(getattr(trainer, name)))
 
 
+HEAVY_WEIGHTS_EVERY = 50  # bench overhead --probes heavy: the weights probe's cadence the amortized ratio assumes
+
+
+def _overhead_model(model: str | None, device: str | None, tmp: str) -> str | None:
+    """The model directory of ``bench overhead``: None (or ``tiny``/``tiny-sft``) for the warm-started tiny model; a
+    shape of :mod:`rlscope.shapes` built with random weights on ``device`` (bf16 on cuda) and saved under ``tmp``;
+    else a model directory (checked)."""
+    from rlscope.shapes import is_shape, save_shaped_model
+
+    if model is None or model in ("tiny", "tiny-sft"):
+        return None
+    if is_shape(model):
+        return str(save_shaped_model(model, Path(tmp) / f"model-{model}", "cuda" if device == "cuda" else "cpu"))
+    if not Path(model).is_dir() and "/" not in model:
+        from rlscope.shapes import get_shape
+
+        get_shape(model)  # neither a directory nor a shape: the shape error names the closest shape
+    from rlscope.preflight import check_model
+
+    check_model(model, what="model")
+    return model
+
+
 def bench_overhead(steps: int = 16, warmup: int = 2, repeats: int = 5, recipe: str = "tiny_dapo",
-                   large_tokens: int = 1_000_000) -> dict:
+                   large_tokens: int = 1_000_000, model: str | None = None, device: str | None = None,
+                   probes: str = "default") -> dict:
     """Step time of the tiny DAPO recipe with rlscope (trainer, run store, default token probes) vs a bare TRL
     ``GRPOTrainer``: same config, seed and steps, runs interleaved (ABBA...), ratio of the median seconds/step.
 
@@ -130,19 +175,40 @@ def bench_overhead(steps: int = 16, warmup: int = 2, repeats: int = 5, recipe: s
     inside the rlscope arm -- what rlscope adds, free of the run-to-run noise of two wall times. Also: the token probes'
     own seconds on a synthetic step of ``large_tokens`` valid tokens in one process (median of three), what they
     would add to a step of that size.
+
+    ``recipe``: a bundled recipe's name or a recipe file. ``model``: a shape of :mod:`rlscope.shapes` (e.g.
+    ``qwen2.5-1.5b``: random weights, saved to a temporary directory once for all runs) or a model directory;
+    default the warm-started tiny model. ``device``: ``cuda`` runs the recipe with ``use_cpu`` false and bf16,
+    ``cpu`` with ``use_cpu`` true and float32, None as the recipe says.
+
+    ``probes="heavy"``: the rlscope arm also runs ``grad`` at every step and ``weights`` every
+    :data:`HEAVY_WEIGHTS_EVERY` (50) steps. A run of a few steps never reaches step 50, so the weights probe runs
+    once, at the end of the run (after the last timed step: outside the step times), and its pass is timed
+    (``rlscope/engine/weights_seconds``: the source's collection and the probe; this first probe includes its
+    one-off costs, e.g. W_0's subspaces, so it is an upper bound on a warm probe). ``weights_probe_seconds``: that
+    time per repeat; ``heavy_amortized_ratio``: the median over repeats of (the heavy arm's seconds per step + the
+    weights probe's seconds / 50) / the bare arm's seconds per step (paired as ``ratio``): the step time of a run
+    that probes gradients every step and weights every 50 steps, relative to bare TRL.
     """
     import statistics
 
+    if probes not in ("default", "heavy"):
+        raise ValueError(f"bench overhead: probes must be 'default' or 'heavy', got {probes!r}")
+    if device not in OVERHEAD_DEVICE_FLAGS:
+        raise ValueError(f"bench overhead: device must be 'cpu', 'cuda' or None, got {device!r}")
     per: dict[str, list[float]] = {"bare": [], "rlscope": []}
     own: list[float] = []
+    weights: list[float | None] = []
     with tempfile.TemporaryDirectory() as tmp:
+        model_dir = _overhead_model(model, device, tmp)
         for rep in range(repeats):
             order = ("bare", "rlscope") if rep % 2 == 0 else ("rlscope", "bare")
             for arm in order:
-                seconds, mine = _overhead_run(arm, recipe, steps, warmup, tmp, rep)
+                seconds, mine, w = _overhead_run(arm, recipe, steps, warmup, tmp, rep, model_dir, device, probes)
                 per[arm].append(seconds)
                 if arm == "rlscope":
                     own.append(mine / seconds)
+                    weights.append(w)
     med = {arm: statistics.median(v) for arm, v in per.items()}
     # each repeat's two arms ran back to back: their ratio cancels the machine's drift between repeats (on a shared
     # 2-core host a whole run can be 15-30% slower than the one before it), so the median of the paired ratios is
@@ -154,43 +220,107 @@ def bench_overhead(steps: int = 16, warmup: int = 2, repeats: int = 5, recipe: s
         t0 = time.perf_counter()
         _probe_all(big)
         probe_times.append(time.perf_counter() - t0)
-    return {"bench": "overhead", "recipe": recipe, "steps_timed": steps, "repeats": repeats,
-            "large_step_tokens": int(big.mask.sum()), "large_step_probe_seconds": round(statistics.median(probe_times), 3),
-            "bare_seconds_per_step": [round(v, 4) for v in per["bare"]],
-            "rlscope_seconds_per_step": [round(v, 4) for v in per["rlscope"]],
-            "median_bare": round(med["bare"], 4), "median_rlscope": round(med["rlscope"], 4),
-            "ratio_of_medians": round(med["rlscope"] / med["bare"], 4),
-            "paired_ratios": [round(v, 4) for v in paired],
-            "ratio_range": [round(min(paired), 4), round(max(paired), 4)],
-            "own_code_share": [round(v, 4) for v in own],
-            "own_code_ratio": round(1 / (1 - statistics.median(own)), 4),
-            "ratio": round(statistics.median(paired), 4)}
+    result = {"bench": "overhead", "recipe": recipe, "steps_timed": steps, "repeats": repeats,
+              "large_step_tokens": int(big.mask.sum()),
+              "large_step_probe_seconds": round(statistics.median(probe_times), 3),
+              "bare_seconds_per_step": [round(v, 4) for v in per["bare"]],
+              "rlscope_seconds_per_step": [round(v, 4) for v in per["rlscope"]],
+              "median_bare": round(med["bare"], 4), "median_rlscope": round(med["rlscope"], 4),
+              "ratio_of_medians": round(med["rlscope"] / med["bare"], 4),
+              "paired_ratios": [round(v, 4) for v in paired],
+              "ratio_range": [round(min(paired), 4), round(max(paired), 4)],
+              "own_code_share": [round(v, 4) for v in own],
+              "own_code_ratio": round(1 / (1 - statistics.median(own)), 4),
+              "ratio": round(statistics.median(paired), 4),
+              "model": model or "tiny-sft", "device": device or "recipe", "probes": probes}
+    if probes == "heavy":
+        known = [(r, b, w) for r, b, w in zip(per["rlscope"], per["bare"], weights) if w is not None]
+        result["weights_every"] = HEAVY_WEIGHTS_EVERY
+        result["weights_probe_seconds"] = [None if w is None else round(w, 3) for w in weights]
+        result["heavy_amortized_ratio"] = (round(statistics.median(
+            (r + w / HEAVY_WEIGHTS_EVERY) / b for r, b, w in known), 4) if known else None)
+    return result
 
 
-def _bare_batched_generate(model, tok, prompts: list[str], n: int, batch_prompts: int, max_new_tokens: int) -> None:
+def _generated_lengths(gen, eos_token_id):
+    """Per row of generated ids: the tokens up to and including its first end-of-sequence token, else all."""
+    import torch
+
+    if eos_token_id is None:
+        return torch.full((gen.shape[0],), gen.shape[1], dtype=torch.long, device=gen.device)
+    is_eos = gen == eos_token_id
+    return torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, gen.shape[1])
+
+
+def _bare_batched_generate(model, tok, prompts: list[str], n: int, batch_prompts: int, max_new_tokens: int,
+                           full_length: bool = False) -> dict:
     """The reference of ``bench passk``: plain HF sampling (``do_sample``, T = 1, no top-k / top-p) of n samples per
-    prompt, ``batch_prompts`` left-padded prompts per ``generate`` call (``num_return_sequences=n``)."""
+    prompt, ``batch_prompts`` left-padded prompts per ``generate`` call (``num_return_sequences=n``).
+    ``full_length``: no sample ends before ``max_new_tokens`` (``min_new_tokens = max_new_tokens``). Returns
+    ``tokens`` (rows x steps: ``generate`` computes every row until the batch's last ends) and ``sample_tokens``
+    (each sample up to its end-of-sequence token)."""
     import torch
     from transformers import GenerationConfig
 
     from rlscope.passk_eval import left_padded, pad_id, prompt_batches
 
+    extra = {"min_new_tokens": max_new_tokens} if full_length else {}
     config = GenerationConfig(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, repetition_penalty=1.0,
                               num_return_sequences=n, max_new_tokens=max_new_tokens, use_cache=True,
-                              pad_token_id=pad_id(tok), eos_token_id=tok.eos_token_id)
+                              pad_token_id=pad_id(tok), eos_token_id=tok.eos_token_id, **extra)
     torch.manual_seed(0)
+    tokens, sample_tokens = 0, []
     with torch.no_grad():
         for batch in prompt_batches(len(prompts), batch_prompts):
             ids, mask = left_padded(tok, [prompts[i] for i in batch], next(model.parameters()).device)
-            model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+            gen = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)[:, ids.shape[1]:]
+            tokens += gen.numel()
+            sample_tokens.append(_generated_lengths(gen, tok.eos_token_id).sum())
+    return {"tokens": tokens, "sample_tokens": int(torch.stack(sample_tokens).sum())}
 
 
-def bench_passk(prompts: int = 64, n: int = 16, repeats: int = 3, batch_prompts: int | None = None) -> dict:
-    """pass@k evaluation (``prompts`` held-out prompts x ``n`` samples, tiny warm-started model) through rlscope's
-    probe engine (samples source: keyed batched sampling, scoring, gathering; the passk probe; store + logging) vs a
-    bare batched ``model.generate`` of the same samples (same batches of prompts, same ``max_new_tokens``, plain HF
-    sampling), interleaved; the ratio of the median seconds. CPU seconds (``time.process_time``) beside the wall
-    seconds: on a shared machine they vary less."""
+def _keyed_tokens(model, tok, prompts: list[str], n: int, batch_prompts: int, max_new_tokens: int,
+                  seed: int = 0) -> int:
+    """The tokens rlscope's pass@k sampling generates for these prompts (the same keyed samples as the passk probe's:
+    each sample up to its end-of-sequence token), decoded again outside the timed runs to count them."""
+    from rlscope.decode import keyed_generate
+    from rlscope.passk_eval import left_padded, pad_id, prompt_batches
+    from rlscope.sampling import KeyedGumbelSampler, row_keys
+
+    device = next(model.parameters()).device
+    eos = [] if tok.eos_token_id is None else [tok.eos_token_id]
+    total = 0
+    for batch in prompt_batches(len(prompts), batch_prompts):
+        ids, mask = left_padded(tok, [prompts[i] for i in batch], device)
+        keys = row_keys(seed, [i for i in batch for _ in range(n)], [s for _ in batch for s in range(n)])
+        out = keyed_generate(model, ids, mask, KeyedGumbelSampler(keys.to(device), ids.shape[1]), max_new_tokens,
+                             eos, pad_id(tok), repeats=n)
+        total += int(_generated_lengths(out, tok.eos_token_id).sum())
+    return total
+
+
+def bench_passk(prompts: int = 64, n: int = 16, repeats: int = 3, batch_prompts: int | None = None,
+                shape: str = "tiny", device: str = "cpu", max_new_tokens: int | None = None,
+                full_length: bool | None = None, layers: int | None = None) -> dict:
+    """pass@k evaluation (``prompts`` held-out prompts x ``n`` samples) through rlscope's probe engine (samples
+    source: keyed batched sampling, scoring, gathering; the passk probe; store + logging) vs a bare batched
+    ``model.generate`` of the same samples (same batches of prompts, same ``max_new_tokens``, plain HF sampling),
+    interleaved; the ratio of the median seconds. CPU seconds (``time.process_time``) beside the wall seconds: on a
+    shared machine they vary less.
+
+    ``shape``: ``tiny`` (default) is the warm-started tiny model; a shape of :mod:`rlscope.shapes` (e.g.
+    ``qwen2.5-1.5b``; ``layers`` to take fewer layers) is a random-weight model of that size over the character
+    tokenizer, bf16 on a GPU, float32 on the CPU. ``device``: ``cpu`` or ``cuda`` (the GPU is synchronised before
+    each clock is read). ``max_new_tokens``: default the task's completion budget.
+
+    ``full_length`` (default: on for a shape, off for ``tiny``): no sample ends before ``max_new_tokens`` in either
+    arm -- rlscope's through a copy of the tokenizer without an end-of-sequence token, the bare ``generate`` through
+    ``min_new_tokens`` -- so both generate exactly prompts x n x ``max_new_tokens`` tokens (a random model ends its
+    samples at random steps, and ``generate`` runs every row until the batch's last ends while rlscope drops ended
+    rows: off, that difference is most of the ratio). ``rlscope_tokens``: the tokens rlscope's samples hold (each up
+    to its end); ``bare_tokens``: the rows x steps ``generate`` computed; ``bare_sample_tokens``: its samples' tokens
+    up to their ends."""
+    import copy
     import statistics
 
     import torch
@@ -201,46 +331,77 @@ def bench_passk(prompts: int = 64, n: int = 16, repeats: int = 3, batch_prompts:
     from rlscope.tinymodel import load_policy
 
     batch_prompts = default_batch_prompts(n, batch_prompts)
-    model, tok = load_policy("tiny-sft")
+    device = torch.device(device)
+    if shape == "tiny":
+        if layers is not None:
+            raise ValueError("bench passk: layers applies to a shape of rlscope.shapes, not to the warm-started tiny "
+                             "model")
+        model, tok = load_policy("tiny-sft")
+        model.to(device)
+    else:
+        from rlscope.shapes import build_shaped_model
+
+        model, tok = build_shaped_model(shape, device, layers=layers)
     model.eval()
+    full_length = shape != "tiny" if full_length is None else bool(full_length)
     task = get_task("chainsum", seed=0, n_heldout=max(prompts, 64))
+    max_new = max_new_tokens or task.max_completion_length
     texts = [task.render_prompt(row, tok) for row in task.rows("heldout")[:prompts]]
+    keyed_tok = tok
+    if full_length:  # rlscope's arm: a tokenizer without an end-of-sequence token, so no sample ends early
+        keyed_tok = copy.deepcopy(tok)
+        keyed_tok.eos_token = None
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     def timed(fn) -> tuple[float, float]:
+        sync()
         t0, c0 = time.perf_counter(), time.process_time()
         fn()
+        sync()
         return time.perf_counter() - t0, time.process_time() - c0
 
     times: dict[str, list[tuple[float, float]]] = {"bare": [], "rlscope": []}
     scalars: dict = {}
+    bare_counts: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        obs = Observatory({"passk": {"task": task, "n": n, "max_prompts": prompts, "batch_prompts": batch_prompts}},
-                          run_dir=tmp)
+        obs = Observatory({"passk": {"task": task, "n": n, "max_prompts": prompts, "batch_prompts": batch_prompts,
+                                     "max_new_tokens": max_new}}, run_dir=tmp)
         calls = 0
 
         def full() -> None:
             nonlocal scalars, calls
-            scalars = obs.measure(model, tok, step=calls, when="start" if calls == 0 else "step")
+            scalars = obs.measure(model, keyed_tok, step=calls, when="start" if calls == 0 else "step")
             calls += 1
 
         def bare() -> None:
-            _bare_batched_generate(model, tok, texts, n, batch_prompts, task.max_completion_length)
+            bare_counts.update(_bare_batched_generate(model, tok, texts, n, batch_prompts, max_new, full_length))
 
         for rep in range(repeats):
             for arm in (("bare", "rlscope") if rep % 2 == 0 else ("rlscope", "bare")):
                 times[arm].append(timed(bare if arm == "bare" else full))
+    rlscope_tokens = (prompts * n * max_new if full_length
+                      else _keyed_tokens(model, tok, texts, n, batch_prompts, max_new))
     wall = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
     cpu = {k: statistics.median(c for _, c in v) for k, v in times.items()}
     prefix = "rlscope/passk/" + ("base_" if calls == 1 else "")
     return {"bench": "passk", "prompts": prompts, "n": n, "batch_prompts": batch_prompts, "repeats": repeats,
-            "threads": torch.get_num_threads(), "max_new_tokens": task.max_completion_length,
+            "threads": torch.get_num_threads(), "max_new_tokens": max_new,
             "rlscope_seconds": [round(w, 3) for w, _ in times["rlscope"]],
             "bare_seconds": [round(w, 3) for w, _ in times["bare"]],
             "seconds": round(wall["rlscope"], 3), "bare_generate_seconds": round(wall["bare"], 3),
             "ratio": round(wall["rlscope"] / wall["bare"], 4),
             "cpu_seconds": round(cpu["rlscope"], 3), "bare_cpu_seconds": round(cpu["bare"], 3),
             "cpu_ratio": round(cpu["rlscope"] / cpu["bare"], 4),
-            "pass@1": round(scalars[f"{prefix}pass@1"], 4), f"pass@{n}": round(scalars[f"{prefix}pass@{n}"], 4)}
+            "pass@1": round(scalars[f"{prefix}pass@1"], 4), f"pass@{n}": round(scalars[f"{prefix}pass@{n}"], 4),
+            "shape": shape, "device": str(device), "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+            "params": sum(p.numel() for p in model.parameters()), "full_length": full_length,
+            "rlscope_tokens": rlscope_tokens, "bare_tokens": bare_counts["tokens"],
+            "bare_sample_tokens": bare_counts["sample_tokens"],
+            "rlscope_tokens_per_second": round(rlscope_tokens / wall["rlscope"], 1),
+            "bare_tokens_per_second": round(bare_counts["tokens"] / wall["bare"], 1)}
 
 
 def _decaying_matrix(n: int, seed: int = 0, m: int | None = None):
@@ -319,19 +480,28 @@ def _model_w0(name: str, shape, seed: int):
 def _model_wt(name: str, specs: dict, w0s: dict, step: int, size: float):
     import torch
 
-    return _rl_update(w0s[name], step, size, seed=specs[name][1]).to(torch.bfloat16)
+    return _rl_update(w0s[name].cpu(), step, size, seed=specs[name][1]).to(torch.bfloat16)
 
 
-def _probe_share(names, specs, w0s, cache, step, size, options, wts=None):
+def _sync(device) -> None:
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _probe_share(names, specs, w0s, cache, step, size, options, wts=None, device="cpu"):
     """The per-matrix results of ``names`` at probe ``step`` and the seconds of their computation (W_t, generated
-    here when not given in ``wts``, outside the timing)."""
+    here when not given in ``wts`` and moved to ``device``, outside the timing)."""
     from rlscope.probes.weight_matrix import matrix_results
 
     results, seconds = [], 0.0
     for name in names:
-        wt = wts[name] if wts is not None else _model_wt(name, specs, w0s, step, size)
+        wt = wts[name] if wts is not None else _model_wt(name, specs, w0s, step, size).to(device)
+        _sync(device)
         t0 = time.perf_counter()
         results.extend(matrix_results([(name, w0s[name], wt)], cache, **options))
+        _sync(device)
         seconds += time.perf_counter() - t0
     return results, seconds
 
@@ -389,7 +559,7 @@ def _split_worker(rank: int, world: int, port: int, out: str, specs: dict, size:
 
 
 def bench_weights(n: int = 4096, k: int = 16, layers: int = 28, hidden: int = 1536, intermediate: int = 8960,
-                  kv_dim: int = 256, processes: int = 2, size: float = 4e-3) -> dict:
+                  kv_dim: int = 256, processes: int = 2, size: float = 4e-3, device: str = "cpu") -> dict:
     """The weights probe's accuracy and speed.
 
     (a) Realistic spectra (an n x 1536 Marchenko-Pastur bulk with a power-law tail, a 1536 x 1536 flat bulk, a
@@ -404,6 +574,9 @@ def bench_weights(n: int = 4096, k: int = 16, layers: int = 28, hidden: int = 15
     processes (gloo, one thread each, the source's split and gather): the wall seconds of each probe on the main
     process (it waits for the slowest rank's share, then aggregates) and each rank's compute seconds
     (``split``); with ``processes`` = 1, in this process on all its threads (``model``).
+    ``device`` ``cuda``: (a) and (b) computed on the GPU (one process, W_0 and W_t resident there, as a GPU run
+    holds them), and (a) also on the CPU: ``cpu_vs_device`` gives the largest |GPU - CPU| angle beside the sum of
+    the two bounds (they must agree within it) and whether dW's intervals overlap.
     """
     import resource
     import statistics
@@ -413,7 +586,9 @@ def bench_weights(n: int = 4096, k: int = 16, layers: int = 28, hidden: int = 15
     from rlscope.probes.weight_matrix import matrix_geometry
     from rlscope.topsvd import principal_angles, top_svd
 
-    out: dict = {"bench": "weights", "k": k, "threads": torch.get_num_threads()}
+    out: dict = {"bench": "weights", "k": k, "threads": torch.get_num_threads(), "device": device}
+    if device != "cpu":
+        processes = 1
     # (a) accuracy against exact float64 SVD
     spectra = {"mp_powerlaw": _spiked_matrix(n, 1536, seed=3), "flat": _spiked_matrix(1536, 1536, seed=4, flat=True),
                "decaying": _decaying_matrix(n, seed=5, m=1536)}
@@ -423,9 +598,22 @@ def bench_weights(n: int = 4096, k: int = 16, layers: int = 28, hidden: int = 15
         exact_svd = [torch.linalg.svd(w.double(), full_matrices=False)
                      for w in (w0, _rl_update(w0, 1, size, 9), _rl_update(w0, 2, size, 9))]
         row, cache = {"shape": list(w0.shape)}, {}
+        dev_cache: dict = {}
         for step in (1, 2):
             wt = _rl_update(w0, step, size, 9)
             stats, _ = matrix_geometry(w0, wt, k, cache=cache)
+            if device != "cpu":  # the same on the device: within the bounds of the CPU's
+                cpu_stats = stats
+                stats, _ = matrix_geometry(w0.to(device), wt.to(device), k, cache=dev_cache)
+                diff = max(abs(stats[key] - cpu_stats[key]) for key in ("angle_left_mean", "angle_left_max",
+                                                                          "angle_right_mean", "angle_right_max"))
+                overlap = all(max(stats[f"dw_sigma{i}"], cpu_stats[f"dw_sigma{i}"]) <= (1 + 1e-9) * min(
+                    stats[f"dw_sigma{i}"] * (1 + stats["dw_sigma_bound"]),
+                    cpu_stats[f"dw_sigma{i}"] * (1 + cpu_stats["dw_sigma_bound"])) for i in range(1, 5))
+                row[f"cpu_vs_device{step}"] = {
+                    "angle_diff": float(f"{diff:.3g}"),
+                    "bounds_sum": float(f"{stats['angle_error_bound'] + cpu_stats['angle_error_bound']:.3g}"),
+                    "dw_intervals_overlap": overlap}
             (U0, _, V0h), (Ut, _, Vth) = exact_svd[0], exact_svd[step]
             exact = {"left": principal_angles(U0[:, :k], Ut[:, :k]), "right": principal_angles(V0h[:k].T, Vth[:k].T)}
             err = max(abs(stats[f"angle_{side}_{f}"] - float(getattr(a, f)()))
@@ -445,17 +633,32 @@ def bench_weights(n: int = 4096, k: int = 16, layers: int = 28, hidden: int = 15
                 "within_bound": bool(err <= stats["angle_error_bound"]), "passes": int(stats["passes"]),
                 "unresolved": int(stats["angle_unresolved"]), "unmet": int(stats["angle_bound_unmet"]),
                 "old_randomized_error": float(f"{old_err:.3g}")}
+            sdw = torch.linalg.svdvals(wt.double() - w0.double())  # dW's exact spectrum (float64)
+            energy = float(sdw[0] ** 2 / (sdw ** 2).sum())
+            dw_err = max(float(sdw[i - 1]) / stats[f"dw_sigma{i}"] - 1 for i in range(1, 5))
+            row[f"probe{step}"].update({
+                "dw_sigma_rel_error": float(f"{dw_err:.3g}"), "dw_sigma_bound": float(f"{stats['dw_sigma_bound']:.3g}"),
+                "dw_energy_error": float(f"{energy - stats['dw_rank1_energy']:.3g}"),
+                "dw_energy_bound": float(f"{stats['dw_rank1_energy_bound']:.3g}"),
+                "dw_within_bound": bool(-1e-9 <= dw_err <= stats["dw_sigma_bound"] + 1e-9
+                                        and -1e-9 <= energy - stats["dw_rank1_energy"]
+                                        <= stats["dw_rank1_energy_bound"] + 1e-9),
+                "dw_passes": int(stats["dw_passes"]), "dw_unmet": int(stats["dw_bound_unmet"])})
         row["w0_passes"] = cache["svd0"].passes
         accuracy[kind] = row
     out["accuracy"] = accuracy
     rows = [r[f"probe{step}"] for r in accuracy.values() for step in (1, 2)]
     out["probe_angle_error_rad"] = max(r["error"] for r in rows)  # the largest |reported - exact| of (a)
-    out["bounds_hold"] = all(r["within_bound"] for r in rows)
+    out["bounds_hold"] = all(r["within_bound"] and r["dw_within_bound"] for r in rows)
+    out["dw_sigma_rel_error"] = max(r["dw_sigma_rel_error"] for r in rows)
     w = spectra["mp_powerlaw"]
     runs = []
+    wd = w.to(device)
     for _ in range(3):
+        _sync(device)
         t0 = time.perf_counter()
-        top_svd(w, k, tol=1e-6)
+        top_svd(wd, k, tol=1e-6)
+        _sync(device)
         runs.append(time.perf_counter() - t0)
     t0 = time.perf_counter()
     torch.linalg.svd(w.double(), full_matrices=False)
@@ -471,7 +674,7 @@ def bench_weights(n: int = 4096, k: int = 16, layers: int = 28, hidden: int = 15
     out["model"] = {"model": f"{layers} layers, hidden {hidden}, intermediate {intermediate}, kv {kv_dim}",
                     "matrices": len(specs), "matrix_params": sum(a * b for (a, b), _ in specs.values())}
     if processes <= 1:
-        out["model"].update(_bench_model_one_process(specs, size, options))
+        out["model"].update(_bench_model_one_process(specs, size, options, device))
     else:
         out["split"] = _bench_model_split(specs, size, options, processes)
     out["probe_seconds"] = (out["split"] if processes > 1 else out["model"])["probe2_warm_seconds"]
@@ -480,18 +683,19 @@ def bench_weights(n: int = 4096, k: int = 16, layers: int = 28, hidden: int = 15
 
 
 _MODEL_KEYS = ("angle_left_mean", "angle_right_mean", "angle_error_bound", "angle_bound_unmet", "angle_unresolved",
-               "passes", "dw_rel_norm", "dw_rank1_energy", "n_matrices")
+               "passes", "dw_rel_norm", "dw_rank1_energy", "dw_sigma_bound", "dw_rank1_energy_bound", "dw_bound_unmet",
+               "dw_passes", "n_matrices")
 
 
-def _bench_model_one_process(specs: dict, size: float, options: dict) -> dict:
-    """(b): the two probes in this process (all its threads)."""
+def _bench_model_one_process(specs: dict, size: float, options: dict, device: str = "cpu") -> dict:
+    """(b): the two probes in this process (all its threads; or on ``device``, W_0 resident there)."""
     from rlscope.probes import scalars_of
     from rlscope.probes.weights import WeightView, weight_geometry
 
-    w0s = {name: _model_w0(name, *spec) for name, spec in specs.items()}
+    w0s = {name: _model_w0(name, *spec).to(device) for name, spec in specs.items()}
     cache, state, model = {}, {}, {}
     for step in (1, 2):
-        results, seconds = _probe_share(list(specs), specs, w0s, cache, step, size, options)
+        results, seconds = _probe_share(list(specs), specs, w0s, cache, step, size, options, device=device)
         t0 = time.perf_counter()
         agg = weight_geometry(WeightView(results=results, options=options), state, **options)
         seconds += time.perf_counter() - t0

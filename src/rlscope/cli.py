@@ -91,12 +91,44 @@ def cmd_passk(ns) -> int:
     return 0
 
 
+def _check_weights_paths(named: list[tuple[str, str]]) -> None:
+    """Each ``(what, path)`` of ``rlscope weights`` is a ``save_pretrained`` directory holding ``*.safetensors`` or a
+    ``.safetensors`` file: checked before anything loads, so a wrong path is one line (exit 2), not a traceback."""
+    from pathlib import Path
+
+    from rlscope.errors import MissingInput
+
+    fix = "give a model directory written by save_pretrained (its *.safetensors weights) or a .safetensors file"
+    for what, name in named:
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise MissingInput(f"{what} {name}: no such file or directory; {fix}")
+        if path.is_dir() and not any(path.glob("*.safetensors")):
+            raise MissingInput(f"{what} {name}: no safetensors weights in the directory; {fix}")
+        if not path.is_dir() and path.suffix != ".safetensors":
+            raise MissingInput(f"{what} {name}: not a .safetensors file; {fix}")
+
+
+def _device(name: str) -> str:
+    """A torch device name the machine has, or one line saying it does not."""
+    import torch
+
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: this machine has no CUDA device; use --device cpu")
+    try:
+        torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name}: not a device name; use cpu or cuda[:N]") from None
+    return name
+
+
 def cmd_weights(ns) -> int:
     from rlscope import weight_geometry as wg
 
     if ns.paths and ns.paths[0] == "rank1":
         if len(ns.paths) != 3 or not ns.task:
             raise UsageError("usage: rlscope weights rank1 BASE FINAL --task NAME")
+        _check_weights_paths([("base", ns.paths[1]), ("final", ns.paths[2])])
         from rlscope.tasks import get_task
 
         res = wg.rank1_recovery(ns.paths[1], ns.paths[2], get_task(ns.task, **json.loads(ns.task_config)),
@@ -110,18 +142,20 @@ def cmd_weights(ns) -> int:
         return 0
     if len(ns.paths) < 2:
         raise UsageError("usage: rlscope weights BASE CKPT [CKPT ...]  |  rlscope weights rank1 BASE FINAL --task NAME")
-    rows = wg.offline_geometry(ns.paths[0], ns.paths[1:], k=ns.k)
+    _check_weights_paths([("base", ns.paths[0]), *(("checkpoint", c) for c in ns.paths[1:])])
+    rows = wg.offline_geometry(ns.paths[0], ns.paths[1:], k=ns.k, device=_device(ns.device))
     out = []
     for row in rows:
         agg = {k: v for k, v in row["aggregate"].items() if "/" not in k}
         out.append({"checkpoint": row["checkpoint"], **agg})
         if not ns.json:
             flags = [f"{int(agg[k])} matrices {k.split('_', 1)[1].replace('_', ' ')}"
-                     for k in ("angle_unresolved", "angle_bound_unmet") if agg.get(k)]
+                     for k in ("angle_unresolved", "angle_bound_unmet", "dw_bound_unmet") if agg.get(k)]
             print(f"{row['checkpoint']}: angle_left_mean {agg['angle_left_mean']:.5f}  angle_right_mean "
                   f"{agg['angle_right_mean']:.5f}  (every angle within {agg['angle_error_bound']:.1e} rad of the "
                   f"exact one{'; ' + ', '.join(flags) if flags else ''})  sv_rel_change_mean "
-                  f"{agg['sv_rel_change_mean']:.2e}  dw_rank1_energy {agg['dw_rank1_energy']:.4f}  "
+                  f"{agg['sv_rel_change_mean']:.2e}  dw_rank1_energy {agg['dw_rank1_energy']:.4f} "
+                  f"(+{agg['dw_rank1_energy_bound']:.0e})  "
                   f"dw_dir_cos_left {agg['dw_dir_cos_left']:.4f}")
     print(json.dumps(out))
     return 0
@@ -210,20 +244,25 @@ def cmd_probes(ns) -> int:
 def cmd_bench(ns) -> int:
     from rlscope import bench
 
+    if ns.device:
+        _device(ns.device)
     if ns.what == "step":
         result = bench.bench_step(steps=ns.steps or 20, warmup=ns.warmup, recipe=ns.recipe)
     elif ns.what == "passk":
-        result = bench.bench_passk(prompts=ns.prompts, n=ns.n, repeats=ns.repeats)
+        result = bench.bench_passk(prompts=ns.prompts, n=ns.n, repeats=ns.repeats, shape=ns.shape,
+                                   device=ns.device or "cpu", max_new_tokens=ns.max_new_tokens,
+                                   full_length=ns.full_length)
     elif ns.what == "schedules":
         result = bench.bench_schedules(steps=ns.steps or 40)
     elif ns.what == "weights":
-        result = bench.bench_weights(n=ns.svd_n, layers=ns.layers)
+        result = bench.bench_weights(n=ns.svd_n, layers=ns.layers, device=ns.device or "cpu")
     elif ns.what == "analyze":
         result = bench.bench_analyze(steps=ns.steps or 20000, metrics=ns.metrics)
     elif ns.what == "gather":
         result = bench.bench_gather(tokens=ns.tokens, worlds=tuple(ns.worlds))
     elif ns.what == "overhead":
-        result = bench.bench_overhead(steps=ns.steps or 16, warmup=ns.warmup, repeats=ns.repeats, recipe=ns.recipe)
+        result = bench.bench_overhead(steps=ns.steps or 16, warmup=ns.warmup, repeats=ns.repeats, recipe=ns.recipe,
+                                      model=ns.model, device=ns.device, probes=ns.probes)
     else:  # argparse restricts the choices
         raise AssertionError(ns.what)
     bench.print_result(result, ns.json)
@@ -281,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "recovery of the RL gain)")
     w.add_argument("paths", nargs="+")
     w.add_argument("--k", type=int, default=16, help="top-k singular subspaces")
+    w.add_argument("--device", default="cpu", help="where to compute: cpu (default) or cuda[:N] (the same numbers "
+                                                   "within the reported bounds)")
     w.add_argument("--task", default=None, help="rank1: the task whose held-out split is evaluated")
     w.add_argument("--task-config", default="{}", help="rank1: JSON task options")
     w.add_argument("--samples", type=int, default=8, help="rank1: samples per prompt for sampled pass@1")
@@ -337,9 +378,27 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--metrics", type=int, default=200, help="analyze: metrics per step of the synthetic run")
     b.add_argument("--warmup", type=int, default=2)
     b.add_argument("--repeats", type=int, default=5, help="overhead: runs per arm (interleaved)")
-    b.add_argument("--recipe", default="tiny_dapo")
+    b.add_argument("--recipe", default="tiny_dapo", help="step, overhead: a bundled recipe's name or a recipe file")
+    b.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                   help="passk, weights: where it runs (default cpu); overhead: cuda runs the recipe with use_cpu "
+                        "false and bf16 true, cpu with use_cpu true and bf16 false (default: as the recipe says)")
+    b.add_argument("--model", default=None,
+                   help="overhead: a model shape (qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-3b, qwen2.5-7b: random "
+                        "weights, saved to a temporary directory) or a model directory (default, or tiny: the "
+                        "warm-started tiny model)")
+    b.add_argument("--probes", choices=["default", "heavy"], default="default",
+                   help="overhead: the rlscope arm's probes: the default token probes, or heavy (also grad every "
+                        "step and weights every 50 steps, amortized: heavy_amortized_ratio)")
     b.add_argument("--prompts", type=int, default=64, help="passk: held-out prompts")
     b.add_argument("-n", type=int, default=16, help="passk: samples per prompt")
+    b.add_argument("--shape", default="tiny",
+                   help="passk: tiny (the warm-started tiny model) or a model shape with random weights "
+                        "(qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-3b, qwen2.5-7b; bf16 on cuda, float32 on cpu)")
+    b.add_argument("--max-new-tokens", type=int, default=None, help="passk: tokens per sample (default: the "
+                                                                    "task's completion budget)")
+    b.add_argument("--full-length", action=argparse.BooleanOptionalAction, default=None,
+                   help="passk: no sample ends before --max-new-tokens in either arm (default: on for a shape, "
+                        "off for tiny)")
     b.add_argument("--svd-n", type=int, default=4096, help="weights: size of the square matrix for (a)")
     b.add_argument("--layers", type=int, default=28, help="weights: layers of the Qwen2.5-1.5B-shaped model for (b)")
     b.add_argument("--tokens", type=int, default=1_000_000, help="gather: valid tokens per rank")

@@ -11,6 +11,11 @@ is exact in int64 on any device (no reliance on integer overflow), so the same k
 and in any batch. :class:`KeyedGumbelSampler` is a ``transformers`` ``LogitsProcessor``: generate with
 ``do_sample=False`` (greedy decoding takes the argmax) and the processor in ``logits_processor``.
 
+Cost: per token the noise is ~40 elementwise passes over a (rows x vocab) tensor (two fmix32 in 16-bit halves, two
+logs), done in place in one int64 buffer the sampler keeps between tokens and in the float64 result, with no
+temporaries. With Qwen's 151,936-token vocabulary and 256 rows on 2 CPU cores: ~1.0 s per token, against ~0.9 s for
+``torch.multinomial(torch.softmax(logits))`` (5.3 s with a fresh tensor per operation, the same values).
+
 What stays batch-dependent is the model's logits themselves: a left-padded batch may round differently from a
 single prompt (float reductions over other shapes), which can flip an argmax at a near tie.
 """
@@ -25,19 +30,35 @@ _M32 = 0xFFFFFFFF
 _GOLDEN32 = 0x9E3779B9
 
 
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    """``x * c mod 2^32`` for int64 ``x`` in [0, 2^32), exactly: ``c`` split in 16-bit halves, no product >= 2^48."""
+def _mul32_(x: torch.Tensor, c: int, scratch: torch.Tensor) -> torch.Tensor:
+    """``x = x * c mod 2^32`` in place for int64 ``x`` in [0, 2^32), exactly: ``c`` split in 16-bit halves, no
+    product >= 2^48 (``scratch``: a tensor of ``x``'s shape and dtype, overwritten)."""
     lo, hi = c & 0xFFFF, c >> 16
-    return (x * lo + (((x * hi) & 0xFFFF) << 16)) & _M32
+    torch.mul(x, hi, out=scratch)
+    scratch.bitwise_and_(0xFFFF).bitwise_left_shift_(16)
+    return x.mul_(lo).add_(scratch).bitwise_and_(_M32)
+
+
+def _xorshift_(x: torch.Tensor, bits: int, scratch: torch.Tensor) -> torch.Tensor:
+    """``x ^= x >> bits`` in place."""
+    torch.bitwise_right_shift(x, bits, out=scratch)
+    return x.bitwise_xor_(scratch)
+
+
+def fmix32_(x: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`fmix32` in place on a contiguous int64 tensor ``x`` (``scratch``: one more tensor of its shape, else
+    allocated): no temporaries, which on a (rows x vocab) tensor is most of the time (~16 passes over it)."""
+    scratch = torch.empty_like(x) if scratch is None else scratch
+    _xorshift_(x, 16, scratch)
+    _mul32_(x, 0x85EBCA6B, scratch)
+    _xorshift_(x, 13, scratch)
+    _mul32_(x, 0xC2B2AE35, scratch)
+    return _xorshift_(x, 16, scratch)
 
 
 def fmix32(x: torch.Tensor) -> torch.Tensor:
     """murmur3's 32-bit finaliser (Appleby 2011), a bijection of [0, 2^32) with full avalanche, on int64 tensors."""
-    x = x ^ (x >> 16)
-    x = _mul32(x, 0x85EBCA6B)
-    x = x ^ (x >> 13)
-    x = _mul32(x, 0xC2B2AE35)
-    return x ^ (x >> 16)
+    return fmix32_(x.to(torch.int64, copy=True, memory_format=torch.contiguous_format))
 
 
 def row_keys(seed: int, prompts: list[int], samples: list[int]) -> torch.Tensor:
@@ -51,19 +72,40 @@ def token_hash(vocab: int, device=None) -> torch.Tensor:
     return fmix32(torch.arange(vocab, dtype=torch.int64, device=device) * _GOLDEN32 & _M32)
 
 
+def _keyed_hash_into(h: torch.Tensor, scratch: torch.Tensor, keys: torch.Tensor, position: int,
+                     tokens: torch.Tensor) -> torch.Tensor:
+    """``h`` (rows, vocab) int64 := ``fmix32(fmix32(r ^ tokens) ^ k2)`` in [0, 2^32), ``r`` the row's hash at
+    ``position``: computed in place in ``h`` with one scratch tensor of its shape (no other (rows, vocab) tensor)."""
+    k1, k2 = keys[:, 0:1], keys[:, 1:2]
+    r = fmix32(k1 ^ fmix32((k2 + position * _GOLDEN32) & _M32))  # (rows, 1): the row at this position
+    torch.bitwise_xor(r, tokens, out=h)
+    fmix32_(h, scratch)
+    return fmix32_(h.bitwise_xor_(k2), scratch)
+
+
+def _uniforms(keys: torch.Tensor, position: int, vocab: int | torch.Tensor, work: torch.Tensor | None):
+    """:func:`keyed_uniforms` into a new float64 tensor; the int64 hash is computed in ``work`` (an int64 tensor of
+    at least (rows, vocab), reused across calls; else allocated) with the new tensor's memory as scratch."""
+    tokens = token_hash(vocab, keys.device) if isinstance(vocab, int) else vocab
+    shape = (keys.shape[0], tokens.shape[0])
+    out = torch.empty(shape, dtype=torch.float64, device=keys.device)
+    h = torch.empty(shape, dtype=torch.int64, device=keys.device) if work is None else work[:shape[0], :shape[1]]
+    _keyed_hash_into(h, out.view(torch.int64), keys, position, tokens)
+    return out.copy_(h).add_(0.5).mul_(2.0 ** -32)
+
+
 def keyed_uniforms(keys: torch.Tensor, position: int, vocab: int | torch.Tensor) -> torch.Tensor:
     """(rows, vocab) float64 uniforms in (0, 1): a hash of (row key, ``position``, token id), exact on any device.
     ``vocab``: the vocabulary size, or its :func:`token_hash` (computed once)."""
-    tokens = token_hash(vocab, keys.device) if isinstance(vocab, int) else vocab
-    k1, k2 = keys[:, 0:1], keys[:, 1:2]
-    r = fmix32(k1 ^ fmix32((k2 + position * _GOLDEN32) & _M32))  # (rows, 1): the row at this position
-    h = fmix32(fmix32(r ^ tokens) ^ k2)
-    return (h.to(torch.float64) + 0.5) * 2.0 ** -32
+    return _uniforms(keys, position, vocab, None)
 
 
-def gumbel_noise(keys: torch.Tensor, position: int, vocab: int | torch.Tensor) -> torch.Tensor:
-    """(rows, vocab) float64 standard Gumbel variables ``-log(-log u)`` of :func:`keyed_uniforms`."""
-    return -torch.log(-torch.log(keyed_uniforms(keys, position, vocab)))
+def gumbel_noise(keys: torch.Tensor, position: int, vocab: int | torch.Tensor,
+                 work: torch.Tensor | None = None) -> torch.Tensor:
+    """(rows, vocab) float64 standard Gumbel variables ``-log(-log u)`` of :func:`keyed_uniforms` (computed in
+    place: the same values as ``-torch.log(-torch.log(u))``). ``work``: an int64 tensor of at least (rows, vocab)
+    to compute the hash in (a caller calling once per token keeps one; its contents are overwritten)."""
+    return _uniforms(keys, position, vocab, work).log_().neg_().log_().neg_()
 
 
 def check_sampling(temperature: float, top_p: float) -> None:
@@ -86,7 +128,7 @@ class KeyedGumbelSampler:
     def __init__(self, keys: torch.Tensor, prompt_width: int, temperature: float = 1.0, top_p: float = 1.0):
         check_sampling(temperature, top_p)
         self.keys, self.prompt_width, self.temperature = keys, int(prompt_width), float(temperature)
-        self.top_p, self._tokens = None, None
+        self.top_p, self._tokens, self._work = None, None, None
         if top_p < 1:
             from transformers import TopPLogitsWarper
 
@@ -94,7 +136,9 @@ class KeyedGumbelSampler:
 
     def filtered(self, scores: torch.Tensor) -> torch.Tensor:
         """``scores / T``, top-p filtered (-inf outside the nucleus), in float64: the logits sampled from."""
-        scores = scores.to(torch.float64) / self.temperature
+        scores = scores.to(torch.float64)
+        if self.temperature != 1.0:  # x / 1.0 == x exactly: skip the pass
+            scores = scores / self.temperature
         return scores if self.top_p is None else self.top_p(None, scores)
 
     def scores(self, logits: torch.Tensor, position: int, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -105,8 +149,12 @@ class KeyedGumbelSampler:
         if keys.shape[0] != logits.shape[0]:
             raise ValueError(f"KeyedGumbelSampler: {keys.shape[0]} row keys for a batch of {logits.shape[0]} rows")
         if self._tokens is None or self._tokens.shape[0] != logits.shape[1] or self._tokens.device != logits.device:
-            self._tokens = token_hash(logits.shape[1], logits.device)
-        return self.filtered(logits) + gumbel_noise(keys, position, self._tokens)
+            self._tokens, self._work = token_hash(logits.shape[1], logits.device), None
+        if self._work is None or self._work.shape[0] < logits.shape[0]:  # the hash's buffer, kept between tokens
+            self._work = None
+            self._work = torch.empty(logits.shape, dtype=torch.int64, device=logits.device)
+        # noise + filtered == filtered + noise (IEEE addition commutes), added in place into the noise's tensor
+        return gumbel_noise(keys, position, self._tokens, self._work).add_(self.filtered(logits))
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         return self.scores(scores, input_ids.shape[1] - self.prompt_width)
