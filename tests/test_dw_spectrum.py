@@ -1,6 +1,6 @@
 """dW's spectrum with a bound (issue 26): the reported singular values of dW = W_t - W_0 and its rank-1 energy lie
 within their reported bounds of a float64 SVD, on rank-1-plus-noise, flat and realistic spectra; the bounds
-themselves (:func:`rlscope.topsvd.value_bounds`) hold against brute force on random symmetric matrices."""
+themselves (:func:`rlscope.ritz.value_bounds`) hold against brute force on random symmetric matrices."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rlscope.probes.weight_matrix import matrix_geometry
-from rlscope.topsvd import ValueGoal, value_bounds
+from rlscope.ritz import ValueGoal, value_bounds
 
 
 def _exact(w0, wt):

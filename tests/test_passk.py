@@ -227,10 +227,9 @@ def test_hash_arithmetic_is_exact():
     assert fmix32(torch.tensor(words, dtype=torch.int64)).tolist() == [reference(w) for w in words]
 
 
-@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.8, 0.95)])
-def test_keyed_decoding_equals_hf_generate_with_the_keyed_processor(tiny_sft_path, temperature, top_p):
-    """The decoding loop (prompts run once, finished rows dropped from the batch and the KV cache) gives the tokens
-    HF ``generate`` gives with the same sampler as its logits processor and greedy decoding."""
+def _keyed_and_hf(tiny_sft_path, prompts: int, n: int, seed: int, temperature: float, top_p: float, compact_ats):
+    """The keyed decoding loop's tokens at each ``compact_at`` and HF ``generate``'s with the same sampler as its
+    logits processor and greedy decoding, for ``prompts`` held-out prompts x ``n`` samples; and what built them."""
     import torch
     from transformers import GenerationConfig, LogitsProcessorList
 
@@ -243,19 +242,32 @@ def test_keyed_decoding_equals_hf_generate_with_the_keyed_processor(tiny_sft_pat
     model, tok = load_policy(str(tiny_sft_path))
     model.eval()
     task = get_task("chainsum", seed=0)
-    prompts = [task.render_prompt(r, tok) for r in task.rows("heldout")[:4]]
-    n, max_new = 4, task.max_completion_length
-    ids, mask = left_padded(tok, prompts, "cpu")
-    sampler = KeyedGumbelSampler(row_keys(3, [i for i in range(4) for _ in range(n)], list(range(n)) * 4),
-                                 ids.shape[1], temperature, top_p)
-    ours = keyed_generate(model, ids, mask, sampler, max_new, [tok.eos_token_id], pad_id(tok), repeats=n)
+    texts = [task.render_prompt(r, tok) for r in task.rows("heldout")[:prompts]]
+    max_new = task.max_completion_length
+    ids, mask = left_padded(tok, texts, "cpu")
+    keys = row_keys(seed, [i for i in range(prompts) for _ in range(n)], list(range(n)) * prompts)
+    sampler = KeyedGumbelSampler(keys, ids.shape[1], temperature, top_p)
+    runs = {c: keyed_generate(model, ids, mask, sampler, max_new, [tok.eos_token_id], pad_id(tok), repeats=n,
+                              compact_at=c) for c in compact_ats}
     config = GenerationConfig(do_sample=False, num_beams=1, top_k=None, top_p=None, temperature=None,
                               repetition_penalty=1.0, max_new_tokens=max_new, pad_token_id=pad_id(tok),
                               eos_token_id=tok.eos_token_id)
     with torch.no_grad():
         hf = model.generate(input_ids=ids.repeat_interleave(n, 0), attention_mask=mask.repeat_interleave(n, 0),
                             generation_config=config, logits_processor=LogitsProcessorList([sampler]))
-    hf = hf[:, ids.shape[1]:]
+    return runs, hf[:, ids.shape[1]:], (model, tok, ids, mask, sampler)
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.8, 0.95)])
+def test_keyed_decoding_equals_hf_generate_with_the_keyed_processor(tiny_sft_path, temperature, top_p):
+    """The decoding loop (prompts run once, finished rows dropped from the batch and the KV cache) gives the tokens
+    HF ``generate`` gives with the same sampler as its logits processor and greedy decoding."""
+    import torch
+
+    from rlscope.passk_eval import pad_id
+
+    runs, hf, (_, tok, *_) = _keyed_and_hf(tiny_sft_path, 4, 4, 3, temperature, top_p, (None,))
+    ours = runs[None]
     assert torch.equal(ours[:, :hf.shape[1]], hf) and bool((ours[:, hf.shape[1]:] == pad_id(tok)).all())
     ends = (ours == tok.eos_token_id).any(1)
     assert 0 < int(ends.sum()), "some samples end before the budget (the loop dropped rows)"
@@ -266,31 +278,12 @@ def test_compaction_threshold_does_not_change_the_tokens(tiny_sft_path):
     padding until all end, as HF generate does): the same tokens, equal to HF generate's, with rows ending at many
     different steps; an ended row writes only padding after its end-of-sequence token."""
     import torch
-    from transformers import GenerationConfig, LogitsProcessorList
 
     from rlscope.decode import keyed_generate
-    from rlscope.passk_eval import left_padded, pad_id
-    from rlscope.sampling import KeyedGumbelSampler, row_keys
-    from rlscope.tasks import get_task
-    from rlscope.tinymodel import load_policy
+    from rlscope.passk_eval import pad_id
 
-    model, tok = load_policy(str(tiny_sft_path))
-    model.eval()
-    task = get_task("chainsum", seed=0)
-    prompts = [task.render_prompt(r, tok) for r in task.rows("heldout")[:6]]
-    n, max_new = 6, task.max_completion_length
-    ids, mask = left_padded(tok, prompts, "cpu")
-    sampler = KeyedGumbelSampler(row_keys(5, [i for i in range(6) for _ in range(n)], list(range(n)) * 6),
-                                 ids.shape[1], 1.0, 1.0)
-    runs = {c: keyed_generate(model, ids, mask, sampler, max_new, [tok.eos_token_id], pad_id(tok), repeats=n,
-                              compact_at=c) for c in (0.0, 0.25, 0.5, 1.0)}
-    config = GenerationConfig(do_sample=False, num_beams=1, top_k=None, top_p=None, temperature=None,
-                              repetition_penalty=1.0, max_new_tokens=max_new, pad_token_id=pad_id(tok),
-                              eos_token_id=tok.eos_token_id)
-    with torch.no_grad():
-        hf = model.generate(input_ids=ids.repeat_interleave(n, 0), attention_mask=mask.repeat_interleave(n, 0),
-                            generation_config=config, logits_processor=LogitsProcessorList([sampler]))
-    hf = hf[:, ids.shape[1]:]
+    runs, hf, (model, tok, ids, mask, sampler) = _keyed_and_hf(tiny_sft_path, 6, 6, 5, 1.0, 1.0, (0.0, 0.25, 0.5, 1.0))
+    n = 6
     ours = runs[0.0]
     assert all(torch.equal(ours, r) for r in runs.values())
     assert torch.equal(ours[:, :hf.shape[1]], hf) and bool((ours[:, hf.shape[1]:] == pad_id(tok)).all())

@@ -13,7 +13,8 @@ import torch
 from rlscope.probes import scalars_of
 from rlscope.probes.weight_matrix import difference, kind_of, layer_of, matrix_geometry, select_matrices, sq_norm
 from rlscope.probes.weights import aggregate
-from rlscope.topsvd import principal_angles, top_svd
+from rlscope.ritz import principal_angles
+from rlscope.topsvd import top_svd
 
 
 def _pair(seed, m=40, n=30, eps=0.05):

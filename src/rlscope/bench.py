@@ -584,7 +584,8 @@ def bench_weights(n: int = 4096, k: int = 16, layers: int = 28, hidden: int = 15
     import torch
 
     from rlscope.probes.weight_matrix import matrix_geometry
-    from rlscope.topsvd import principal_angles, top_svd
+    from rlscope.ritz import principal_angles
+    from rlscope.topsvd import top_svd
 
     out: dict = {"bench": "weights", "k": k, "threads": torch.get_num_threads(), "device": device}
     if device != "cpu":

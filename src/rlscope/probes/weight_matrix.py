@@ -14,8 +14,8 @@ from typing import Iterable, Iterator
 
 import torch
 
-from rlscope.topsvd import (MAX_PASSES, SIGMA_FLOOR, TopSVD, ValueGoal, _as, _Workspace, all_threads, angle_error,
-                            principal_angles, small_ops, top_svd)
+from rlscope.ritz import SIGMA_FLOOR, ValueGoal, angle_error, principal_angles
+from rlscope.topsvd import MAX_PASSES, TopSVD, _as, _Workspace, all_threads, small_ops, top_svd
 
 DEFAULT_PATTERNS = ("*.q_proj.weight", "*.k_proj.weight", "*.v_proj.weight", "*.o_proj.weight",
                     "*.gate_proj.weight", "*.up_proj.weight", "*.down_proj.weight")
@@ -199,7 +199,7 @@ def _matrix_geometry(w0, wt, k, svd0, prev_dir, n_dw_sv, exact_below, cache, abs
 
 def dw_spectrum(s: list[float], s_up: list[float], fro2: float, goal: ValueGoal, n_dw_sv: int) -> dict[str, float]:
     """dW's reported spectrum and its bounds from its top singular values' lower ends ``s`` (the Ritz values) and
-    upper bounds ``s_up`` (:func:`rlscope.topsvd.value_bounds`): ``dw_sigma<i>`` (exact in [s_i, s_i (1 +
+    upper bounds ``s_up`` (:func:`rlscope.ritz.value_bounds`): ``dw_sigma<i>`` (exact in [s_i, s_i (1 +
     dw_sigma_bound)]), ``dw_rank1_energy`` = s_1^2 / ||dW||_F^2 (exact in [e, e + dw_rank1_energy_bound]),
     ``dw_stable_rank`` = 1 / energy, ``dw_bound_unmet`` (1 when a bound misses ``goal``'s targets). A singular value
     below ``SIGMA_FLOOR`` x sigma_1 is numerically zero: it is left out of the relative bound (its error is below that

@@ -10,15 +10,15 @@ Per matrix (top-k subspaces):
 * ``angle_left_*`` / ``angle_right_*``: principal angles (radians) between span(U_0[:, :k]) and span(U_t[:, :k]) (resp.
   V), from the singular values of U_0^T U_t (Bjorck & Golub); mean and max over the k angles;
 * ``angle_error_bound``: every reported angle is within this of the angle between the *exact* top-k subspaces (see
-  :mod:`rlscope.topsvd`); ``angle_unresolved`` = 1 when sigma_k and sigma_{k+1} of W_0 or W_t are not separated, so that no top-k
-  subspace is defined to measure (the angles are then NaN, not a number without meaning); ``angle_bound_unmet`` = 1
+  :mod:`rlscope.ritz`); ``angle_unresolved`` = 1 when sigma_k and sigma_{k+1} of W_0 or W_t are not separated, so
+  that no top-k subspace is defined to measure (the angles are then NaN, not a number without meaning); ``angle_bound_unmet`` = 1
   when the bound did not reach its target within ``max_passes``; ``passes``: passes over W_t this probe;
 * ``sv_rel_change_*``: (s_t[i] - s_0[i]) / s_0[i] for the top-k singular values; mean |.| and max |.|;
 * ``dw_sigma1`` ... : the top singular values of dW; ``dw_rank1_energy`` = sigma_1^2 / ||dW||_F^2 (the Frobenius
   norm exact, from all entries, squares accumulated in float64); ``dw_stable_rank`` = ||dW||_F^2 / sigma_1^2;
   ``dw_rel_norm`` = ||dW||_F / ||W_0||_F; ``dw_sigma_bound``: each exact sigma_i of dW lies in [dw_sigma<i>,
   dw_sigma<i> x (1 + dw_sigma_bound)] (the Ritz values are lower bounds; the upper ones by Kato-Temple,
-  :func:`rlscope.topsvd.value_bounds`, certified in float64); ``dw_rank1_energy_bound``: the exact energy lies in
+  :func:`rlscope.ritz.value_bounds`, certified in float64); ``dw_rank1_energy_bound``: the exact energy lies in
   [dw_rank1_energy, dw_rank1_energy + this]; ``dw_bound_unmet`` = 1 when these missed their targets (1% and 1e-3 by
   default) within ``max_passes``; ``dw_passes``: passes over dW;
 * ``dw_dir_cos_left`` / ``_right``: |<u_1, u_1_prev>| (sign-aligned cosine) of dW's top singular vectors with those
