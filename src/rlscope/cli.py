@@ -1,4 +1,4 @@
-"""The ``rlscope`` console script: demo, train, analyze, passk, weights, probes, bench."""
+"""The ``rlscope`` console script: demo, train, analyze, passk, weights, probes, recipes, bench."""
 
 from __future__ import annotations
 
@@ -241,6 +241,32 @@ def cmd_probes(ns) -> int:
     return 0
 
 
+def cmd_recipes(ns) -> int:
+    """The recipes that ship with rlscope (inside the package, so a wheel has them): name, what it runs, launch lines
+    -- with the folder's real path where ``recipes/`` is not the working directory's (an installed wheel)."""
+    from pathlib import Path
+
+    from rlscope import paths
+
+    folder = paths.recipes_dir()
+    here = Path("recipes").resolve() == folder.resolve()
+    rows = []
+    for path in paths.shipped():
+        lines = [line if here else line.replace("recipes/", f"{folder}/") for line in paths.launch_lines(path)]
+        first = path.read_text().splitlines()[0].lstrip("# ").strip() if path.read_text().startswith("#") else ""
+        rows.append({"name": path.stem, "path": str(path), "about": first, "launch": lines})
+    accel = sorted(str(p) for p in (folder / "accelerate").glob("*.yaml"))
+    if not ns.json:
+        print(f"recipes in {folder} (rlscope train --config NAME runs one from any directory):")
+        for r in rows:
+            print(f"  {r['name']:<38} {r['about']}")
+            for line in r["launch"]:
+                print(f"  {'':<38}   $ {line}")
+        print(f"accelerate configs: {', '.join(accel)}")
+    print(json.dumps({"recipes_dir": str(folder), "recipes": rows, "accelerate_configs": accel}))
+    return 0
+
+
 def cmd_bench(ns) -> int:
     from rlscope import bench
 
@@ -364,6 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "instead of stopping at the first; what was left out is said")
     rp.add_argument("--logging-steps", type=_positive_int, default=None, metavar="N", help=LOGGING_STEPS_HELP)
     rp.set_defaults(func=cmd_report)
+
+    rc = sub.add_parser("recipes", help="list the recipes that ship with rlscope and their launch lines")
+    rc.add_argument("--json", action="store_true", help="print only the JSON line")
+    rc.set_defaults(func=cmd_recipes)
 
     pr = sub.add_parser("probes", help="list every registered probe (source, inputs, cost, default cadence, options, "
                                        "metrics); the last output line is JSON")

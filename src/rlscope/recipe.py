@@ -258,7 +258,11 @@ def parse_recipe(argv: list[str] | None = None) -> tuple[RunArguments, DAPOConfi
     if "--config" in argv:
         if argv.index("--config") + 1 >= len(argv):
             raise UsageError("--config needs a recipe path, e.g. --config recipes/tiny_dapo.yaml")
-        path = Path(argv[argv.index("--config") + 1])
+        from rlscope.paths import resolve_config
+
+        at = argv.index("--config") + 1
+        path = resolve_config(argv[at])  # a file, or a shipped recipe's name (from a wheel, in any directory)
+        argv[at] = str(path)
         _read_recipe_file(path)
         where = f"in recipe {path} or on the command line"
     _check_flags(argv)
