@@ -36,8 +36,12 @@ def test_check_trl_names_supported_versions():
     from rlscope.taps import SUPPORTED_TRL, UnsupportedTRLVersion, check_trl
 
     check_trl(SUPPORTED_TRL[0])
-    with pytest.raises(UnsupportedTRLVersion, match=r"tested against TRL 1\.16\.0.*installed TRL is 0\.9\.6"):
-        check_trl("0.9.6")
+    check_trl("1.15.0")
+    check_trl("1.16.2")  # a patch release of the newest minor
+    for bad in ("0.9.6", "1.13.1", "1.17.0", "main"):
+        with pytest.raises(UnsupportedTRLVersion, match=rf"tested against TRL 1\.14\.0 to 1\.16\.0; the installed TRL "
+                                                        rf"is {bad}"):
+            check_trl(bad)
 
 
 def test_observatory_rejects_bad_configuration():
@@ -169,3 +173,24 @@ def test_cov_intervention_recipes_run(tmp_path, kind):
 
     (row,) = summarize([summary["run_dir"]], "rlscope/entropy/mean", tail=2)
     assert row["steps"] == [1, 3] and row["last"] == s["rlscope/entropy/mean"][3]
+
+
+def test_the_taps_check_what_they_wrap_by_capability():
+    from rlscope.taps import UnsupportedTRLVersion, check_trainer
+
+    class Trainer:
+        def _compute_loss(self, model, inputs): ...
+        def _get_per_token_logps_and_entropies(self, *a, **k): ...
+        def _calculate_rewards(self, *a, **k): ...
+        def _generate_and_score_completions(self, *a, **k): ...
+
+    check_trainer(Trainer())
+
+    class Older(Trainer):
+        _calculate_rewards = None
+
+        def _compute_loss(self, batch): ...
+
+    with pytest.raises(UnsupportedTRLVersion, match=r"lacks what rlscope's token taps wrap: _compute_loss \(no "
+                                                    r"parameter model, inputs\); _calculate_rewards \(missing\)"):
+        check_trainer(Older())

@@ -14,7 +14,9 @@ def test_tiny_dapo_run_fills_the_store(tmp_path, tiny_sft_path):
                    "--save_steps", "2")
     r = RunReader(tmp_path / "r")
     assert r.meta()["world_size"] == 1 and r.meta()["status"] == "finished"
-    assert r.meta()["versions"]["trl"] == "1.16.0"
+    import trl
+
+    assert r.meta()["versions"]["trl"] == trl.__version__  # the installed one (CI also runs this on the oldest)
     assert r.config()["training"]["loss_type"] == "dapo" and r.config()["run"]["task"] == "chainsum"
     names = r.metric_names()
     for name in ("reward", "entropy", "clip_ratio/high_mean", "rlscope/dynamic_sampling/generation_batches",

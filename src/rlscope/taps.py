@@ -14,7 +14,9 @@ instance (no subclassing, no fork):
   rollout dict (key ``rlscope_rewards``), so they travel with the rows through TRL's shuffle and split.
 
 No extra forward pass is made: the tap reuses what TRL already computed. The wrapped methods are TRL internals, so
-the tap refuses TRL versions it was not tested against (:data:`SUPPORTED_TRL`).
+the tap checks them by capability (:func:`check_trainer`: the methods exist and take the arguments the wrappers rely
+on) and refuses, with one message naming what is missing, a TRL outside the tested range (:data:`SUPPORTED_TRL`:
+1.14.x to 1.16.0; CI runs a focused subset against the oldest).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-SUPPORTED_TRL = ("1.16.0",)
+SUPPORTED_TRL = ("1.14.0", "1.16.0")  # the oldest and newest TRL the taps are tested against (inclusive)
 _WRAPPED = ("_compute_loss", "_get_per_token_logps_and_entropies", "_calculate_rewards",
             "_generate_and_score_completions")
 REWARDS_KEY = "rlscope_rewards"
@@ -34,15 +36,53 @@ class UnsupportedTRLVersion(RuntimeError):
 
 
 def check_trl(version: str | None = None) -> None:
-    """Raise :class:`UnsupportedTRLVersion` unless TRL ``version`` (default: the installed one) is supported."""
+    """Raise :class:`UnsupportedTRLVersion` unless TRL ``version`` (default: the installed one) is in the tested range
+    :data:`SUPPORTED_TRL` (patch releases of the newest minor included: 1.16.x)."""
+    from packaging.version import InvalidVersion, Version
+
     if version is None:
         import trl
 
         version = trl.__version__
-    if version not in SUPPORTED_TRL:
+    low, high = (Version(v) for v in SUPPORTED_TRL)
+    try:
+        v = Version(version)
+    except InvalidVersion:
+        v = None
+    if v is None or not (low <= v and v.release[:2] <= high.release[:2]):
         raise UnsupportedTRLVersion(
-            f"rlscope's token taps wrap TRL internals and are tested against TRL {', '.join(SUPPORTED_TRL)}; "
-            f"the installed TRL is {version}. Install a supported version (pip install 'trl=={SUPPORTED_TRL[-1]}').")
+            f"rlscope's token taps wrap TRL internals and are tested against TRL {SUPPORTED_TRL[0]} to "
+            f"{SUPPORTED_TRL[1]}; the installed TRL is {version}. Install a supported version "
+            f"(pip install 'trl>={SUPPORTED_TRL[0]},<={SUPPORTED_TRL[1]}').")
+
+
+# what each wrapped method must accept (the wrappers pass arguments through, but read these)
+_NEEDS = {"_compute_loss": ("model", "inputs")}
+
+
+def check_trainer(trainer) -> None:
+    """The capabilities the taps wrap, checked on the trainer itself: each method in ``_WRAPPED`` exists and takes the
+    arguments the wrappers call it with; one :class:`UnsupportedTRLVersion` naming everything missing."""
+    import inspect
+
+    problems = []
+    for name in _WRAPPED:
+        fn = getattr(trainer, name, None)
+        if not callable(fn):
+            problems.append(f"{name} (missing)")
+            continue
+        try:
+            params = inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            continue
+        lacking = [p for p in _NEEDS.get(name, ()) if p not in params]
+        if lacking:
+            problems.append(f"{name} (no parameter {', '.join(lacking)})")
+    if problems:
+        import trl
+
+        raise UnsupportedTRLVersion(f"this TRL ({trl.__version__}) lacks what rlscope's token taps wrap: "
+                                    f"{'; '.join(problems)}. Install TRL {SUPPORTED_TRL[0]} to {SUPPORTED_TRL[1]}.")
 
 
 @dataclass
@@ -88,9 +128,7 @@ class TokenTap:
             raise TypeError(f"TokenTap needs a trl.GRPOTrainer (or subclass), got {type(trainer).__name__}")
         if getattr(trainer, "_rlscope_tap", None) is not None:
             raise RuntimeError("this trainer already has an rlscope tap; attach rlscope once")
-        missing = [m for m in _WRAPPED if not callable(getattr(trainer, m, None))]
-        if missing:
-            raise UnsupportedTRLVersion(f"the trainer lacks the TRL methods the taps wrap: {missing}")
+        check_trainer(trainer)
         orig = {m: getattr(trainer, m) for m in _WRAPPED}
         tap = self
 
