@@ -7,6 +7,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from rlscope.shapes import SHAPES
+
 
 def bench_step(steps: int = 20, warmup: int = 2, recipe: str = "tiny_dapo") -> dict:
     """Optimizer steps per second of a tiny recipe (the baseline for later overhead ratios).
@@ -54,13 +56,6 @@ def _stamp_callback(stamps: list, own: list[float]):
     return Stamp()
 
 
-def _recipe_path(recipe: str):
-    """A recipe file, or a bundled recipe's name."""
-    from rlscope import paths
-
-    return Path(recipe) if Path(recipe).is_file() else paths.recipe(recipe)
-
-
 OVERHEAD_DEVICE_FLAGS = {None: [], "cpu": ["--use_cpu", "true", "--bf16", "false"],
                          "cuda": ["--use_cpu", "false", "--bf16", "true"]}
 
@@ -86,7 +81,8 @@ def _overhead_run(arm: str, recipe: str, steps: int, warmup: int, tmp: str, inde
     from rlscope.trainers.dapo import DAPOTrainer
 
     run_args, cfg, _ = parse_recipe(
-        ["--config", str(_recipe_path(recipe)), "--max_steps", str(steps + warmup), "--save_strategy", "no",
+        ["--config", recipe,  # a recipe file or a shipped recipe's name (parse_recipe resolves it)
+         "--max_steps", str(steps + warmup), "--save_strategy", "no",
          "--report_to", "none", "--disable_tqdm", "true", "--output_dir", f"{tmp}/{arm}-{index}",
          "--dynamic_sampling", "false", "--overlong_buffer_len", "0", *OVERHEAD_DEVICE_FLAGS[device]])
     task = get_task(run_args.task, **run_args.task_config)
@@ -352,15 +348,11 @@ def bench_passk(prompts: int = 64, n: int = 16, repeats: int = 3, batch_prompts:
         keyed_tok = copy.deepcopy(tok)
         keyed_tok.eos_token = None
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     def timed(fn) -> tuple[float, float]:
-        sync()
+        _sync(device)
         t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        sync()
+        _sync(device)
         return time.perf_counter() - t0, time.process_time() - c0
 
     times: dict[str, list[tuple[float, float]]] = {"bare": [], "rlscope": []}
@@ -558,8 +550,13 @@ def _split_worker(rank: int, world: int, port: int, out: str, specs: dict, size:
     dist.destroy_process_group()
 
 
-def bench_weights(n: int = 4096, k: int = 16, layers: int = 28, hidden: int = 1536, intermediate: int = 8960,
-                  kv_dim: int = 256, processes: int = 2, size: float = 4e-3, device: str = "cpu") -> dict:
+_Q15 = SHAPES["qwen2.5-1.5b"]  # the model shape bench weights probes
+
+
+def bench_weights(n: int = 4096, k: int = 16, layers: int = _Q15.num_hidden_layers, hidden: int = _Q15.hidden_size,
+                  intermediate: int = _Q15.intermediate_size,
+                  kv_dim: int = _Q15.hidden_size // _Q15.num_attention_heads * _Q15.num_key_value_heads,
+                  processes: int = 2, size: float = 4e-3, device: str = "cpu") -> dict:
     """The weights probe's accuracy and speed.
 
     (a) Realistic spectra (an n x 1536 Marchenko-Pastur bulk with a power-law tail, a 1536 x 1536 flat bulk, a

@@ -281,7 +281,8 @@ def cmd_bench(ns) -> int:
     elif ns.what == "schedules":
         result = bench.bench_schedules(steps=ns.steps or 40)
     elif ns.what == "weights":
-        result = bench.bench_weights(n=ns.svd_n, layers=ns.layers, device=ns.device or "cpu")
+        result = bench.bench_weights(n=ns.svd_n, device=ns.device or "cpu",
+                                     **({"layers": ns.layers} if ns.layers else {}))
     elif ns.what == "analyze":
         result = bench.bench_analyze(steps=ns.steps or 20000, metrics=ns.metrics)
     elif ns.what == "gather":
@@ -430,7 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="passk: no sample ends before --max-new-tokens in either arm (default: on for a shape, "
                         "off for tiny)")
     b.add_argument("--svd-n", type=int, default=4096, help="weights: size of the square matrix for (a)")
-    b.add_argument("--layers", type=int, default=28, help="weights: layers of the Qwen2.5-1.5B-shaped model for (b)")
+    b.add_argument("--layers", type=int, default=None, help="weights: layers of the Qwen2.5-1.5B-shaped model for (b) "
+                                                               "(default: its 28)")
     b.add_argument("--tokens", type=int, default=1_000_000, help="gather: valid tokens per rank")
     b.add_argument("--worlds", type=int, nargs="+", default=[8, 64], help="gather: simulated world sizes")
     b.set_defaults(func=cmd_bench)

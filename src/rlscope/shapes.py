@@ -101,7 +101,7 @@ def build_shaped_model(shape: str, device="cpu", dtype=None, layers: int | None 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from rlscope.tinymodel import build_tokenizer
+    from rlscope.tinymodel import build_tokenizer, set_generation_tokens
 
     tok = build_tokenizer()
     cfg = shape_config(shape, tok, layers)
@@ -112,9 +112,7 @@ def build_shaped_model(shape: str, device="cpu", dtype=None, layers: int | None 
         torch.manual_seed(seed)
         with device:
             model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.generation_config.bos_token_id = None
+    set_generation_tokens(model, tok)
     model.eval()
     return model, tok
 

@@ -110,14 +110,19 @@ def build_tiny(path: str | Path, spec: TinySpec = TinySpec()) -> Path:
     )
     torch.manual_seed(spec.seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.bos_token_id = None
+    set_generation_tokens(model, tokenizer)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     (path / "rlscope_tiny.json").write_text(json.dumps(asdict(spec), indent=2))
     return path
+
+
+def set_generation_tokens(model, tokenizer) -> None:
+    """The model's ``generation_config`` takes the character tokenizer's pad / eos tokens (and no bos)."""
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = None
 
 
 def is_tiny(name_or_path: str) -> bool:
