@@ -2,6 +2,7 @@
 numbers by brute force beside it; used by test_grad.py under 1 process, DDP and DeepSpeed ZeRO-2/3.
 
     python tests/grad_reference.py OUT MODEL                      (one process)
+    python tests/grad_reference.py OUT MODEL lora                 (LoRA adapters on q, v, gate: PEFT)
     accelerate launch --config_file recipes/accelerate/zero3.yaml tests/grad_reference.py OUT MODEL
 
 The brute force reads *full* tensors -- the synchronized gradient (DeepSpeed: gathered with
@@ -99,7 +100,7 @@ class Reference(TrainerCallback):
         self.rows.append(row)
 
 
-def main(out: str, model_path: str) -> None:
+def main(out: str, model_path: str, lora: bool = False) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer
     from transformers import TrainingArguments
 
@@ -115,6 +116,10 @@ def main(out: str, model_path: str) -> None:
                              dataloader_num_workers=0)
     tok = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path)  # after the arguments: ZeRO-3 partitions at load
+    if lora:  # the trainable parameters are the adapters' A and B; B starts at 0 (no weight: no ratio of its own)
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "gate_proj"]))
     rows = get_task("chainsum", seed=0, n_sft=256, n_train=16).rows("sft")
     data = [tok(r["prompt"] + r["completion"] + tok.eos_token) for r in rows]
     trainer = Trainer(model=model, args=args, train_dataset=data,
@@ -127,7 +132,8 @@ def main(out: str, model_path: str) -> None:
         engine = [{"step": step, **{k.split("/", 2)[-1]: v for k, v in scalars.items()}}
                   for step, name, scalars in obs.history if name == "grad"]
         logged = [x["grad_norm"] for x in trainer.state.log_history if "grad_norm" in x]
-        (out / "grad.json").write_text(json.dumps({"engine": engine, "reference": ref.rows, "grad_norm": logged,
+        trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+        (out / "grad.json").write_text(json.dumps({"trainable": trainable, "engine": engine, "reference": ref.rows, "grad_norm": logged,
                                                    "world_size": trainer.accelerator.num_processes,
                                                    "deepspeed": deepspeed}))
     trainer.accelerator.wait_for_everyone()
@@ -136,4 +142,4 @@ def main(out: str, model_path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], lora=sys.argv[3:] == ["lora"])

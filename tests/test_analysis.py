@@ -320,6 +320,72 @@ def test_weight_dynamics_rotation_and_a_linear_update_forecast_exactly():
     assert v["rotation_dominates"] and v["rotation_to_scaling"] == pytest.approx(100)
     assert v["direction_stability"] == pytest.approx(0.97) and v["rank1_energy"] == pytest.approx(0.6)
     assert v["forecast_sigma1"] == pytest.approx(6.0, rel=1e-6) and abs(v["forecast_error"]) < 1e-6
+    assert v["trajectory"] == "linear" and v["sigma1_departure"] == pytest.approx(0, abs=1e-9)
+
+
+PROBES = np.arange(25, 301, 25)
+
+
+def _weights(sigma, cos=None, steps=PROBES) -> dict:
+    """weight_dynamics on probes with dW's sigma_1 and, optionally, the successive |cos| of (left, right) vectors."""
+    series = {"rlscope/weights/angle_left_mean": (steps, 0.001 * steps), "rlscope/weights/dw_sigma1": (steps, sigma),
+              "reward": (X, 0.1 + 0 * X)}
+    if cos is not None:
+        series["rlscope/weights/dw_dir_cos_left"] = (steps[1:], cos[0])
+        series["rlscope/weights/dw_dir_cos_right"] = (steps[1:], cos[1])
+    return run("weight_dynamics", frame_of(series)).values
+
+
+def _cos(seed: int, centre: float, sd: float) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed + 1000)
+    return [np.clip(rng.normal(centre, sd, PROBES.size - 1), 0, 1) for _ in range(2)]
+
+
+def _sigma(seed: int, clean: np.ndarray, sd: float) -> np.ndarray:
+    return clean + np.random.default_rng(seed).normal(0, sd, PROBES.size)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_weight_dynamics_a_planted_linear_trajectory_is_linear(seed):
+    v = _weights(_sigma(seed, 0.02 * PROBES, 0.05), _cos(seed, 0.97, 0.01))
+    assert v["trajectory"] == "linear", v["trajectory_reason"]
+    assert v["sigma1_departure_ci"][1] < 0.1 and v["direction_stability_ci"][0] >= 0.9
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_weight_dynamics_a_planted_quadratic_growth_is_non_linear(seed):
+    v = _weights(_sigma(seed, 1e-4 * PROBES ** 2, 0.05), _cos(seed, 0.97, 0.01))
+    assert v["trajectory"] == "non-linear", v["trajectory_reason"]
+    assert v["sigma1_departure_ci"][0] > 0.1 and v["curvature_p"] < 0.001
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_weight_dynamics_a_turning_direction_is_non_linear(seed):
+    v = _weights(_sigma(seed, 0.02 * PROBES, 0.05), _cos(seed, 0.5, 0.1))
+    assert v["trajectory"] == "non-linear" and "direction turns" in v["trajectory_reason"]
+    assert v["sigma1_departure_ci"][1] < 0.1 and v["direction_stability_ci"][1] < 0.9
+
+
+def test_weight_dynamics_a_noise_sigma1_is_never_called_linear_or_not():
+    for seed in range(20):
+        v = _weights(_sigma(seed, 0.5 + 0 * PROBES, 0.05), _cos(seed, 0.97, 0.01))
+        assert v["trajectory"] not in ("linear", "non-linear"), (seed, v["trajectory_reason"])
+
+
+def test_weight_dynamics_three_probes_are_too_few_for_a_trajectory():
+    v = _weights(0.02 * PROBES[:3], [np.full(2, 0.97)] * 2, steps=PROBES[:3])
+    assert v["trajectory"] is None and "4 are needed" in v["trajectory_reason"]
+
+
+def test_weight_dynamics_the_departure_is_the_largest_gap_between_the_quadratic_and_the_line():
+    steps = np.array([10, 20, 45, 60, 100, 130, 200, 290])  # uneven, as probes of a resumed run can be
+    sigma = 0.3 + 0.01 * steps + 3e-5 * steps ** 2
+    v = _weights(sigma, steps=steps)
+    line, quad = np.polyval(np.polyfit(steps, sigma, 1), steps), np.polyval(np.polyfit(steps, sigma, 2), steps)
+    brute = np.abs(quad - line).max() / abs(line[-1])
+    assert v["sigma1_departure"] == pytest.approx(brute, rel=1e-9)
+    assert v["sigma1_departure_ci"] == pytest.approx([brute, brute], rel=1e-9) and v["curvature_p"] == 0.0
+    assert v["trajectory"] == "linear" and "size alone" in v["trajectory_reason"]  # D = 0.063 < 0.1, no cosines
 
 
 def test_planted_strategic_grams_are_found():

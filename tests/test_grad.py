@@ -72,6 +72,20 @@ def test_one_process_equals_the_brute_force(tmp_path, tiny_path):
     _compare(result)
 
 
+def test_lora_adapters_equal_the_brute_force(tmp_path, tiny_path):
+    """A LoRA model: the probe measures the adapters' A and B (the trainable parameters), grouped by the layer and
+    the kind of the matrix they adapt."""
+    pytest.importorskip("peft")
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "grad_reference.py"), str(tmp_path), str(tiny_path),
+                           "lora"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads((tmp_path / "grad.json").read_text())
+    assert len(result["trainable"]) == 24 and all(".lora_A." in n or ".lora_B." in n for n in result["trainable"])
+    assert all(e["n_params"] == 24 for e in result["engine"])
+    assert all("kind/q/norm" in e and "kind/k/norm" not in e for e in result["engine"])
+    _compare(result)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("config", ["ddp2", "zero2", "zero3"])
 def test_two_processes_equal_the_brute_force(tmp_path, tiny_path, config):

@@ -61,6 +61,14 @@ def test_f_tail_equals_scipy():
     assert stats.f_sf(0.0, 3, 4) == 1.0
 
 
+@pytest.mark.parametrize("df", [0.5, 1, 2.5, 7, 30, 200])
+@pytest.mark.parametrize("level", [0.9, 0.95, 0.99])
+def test_t_quantile_equals_scipy(df, level):
+    from scipy.stats import t
+
+    assert stats.t_quantile(df, level) == pytest.approx(t.ppf((1 + level) / 2, df), rel=1e-8)
+
+
 def test_rolling_median_equals_median_filter():
     rng = np.random.default_rng(1)
     for n, size in [(5, 5), (12, 5), (40, 5), (300, 31), (7, 7)]:

@@ -166,3 +166,21 @@ def check_processes(launched: int, wanted: int | None) -> None:
                          f"assume that many) but {launched} {'was' if launched == 1 else 'were'} launched: launch with `accelerate launch "
                          f"--num_processes {wanted} ...`, or override `--num_processes {launched}` if the batch sizes "
                          f"still divide")
+
+
+def check_adapters(model_args) -> None:
+    """A recipe that trains adapters (``use_peft``, TRL's ModelConfig) needs peft, and bitsandbytes for 4/8-bit bases
+    (QLoRA); DoRA is trained but not measured by the weights probe (it says so when selected)."""
+    import importlib.util
+
+    quantized = bool(getattr(model_args, "load_in_4bit", False) or getattr(model_args, "load_in_8bit", False))
+    if (getattr(model_args, "use_peft", False) or quantized) and importlib.util.find_spec("peft") is None:
+        raise UsageError("use_peft: the recipe trains LoRA adapters, which needs peft: pip install 'rlscope[lora]' "
+                         "(or pip install peft)")
+    if quantized and importlib.util.find_spec("bitsandbytes") is None:
+        raise UsageError("load_in_4bit / load_in_8bit: a quantized base (QLoRA) needs bitsandbytes: pip install "
+                         "bitsandbytes")
+    if quantized and not getattr(model_args, "use_peft", False):
+        raise UsageError("load_in_4bit / load_in_8bit: a quantized base cannot be trained itself; add use_peft: true "
+                         "(QLoRA trains LoRA adapters on it)")
+

@@ -80,6 +80,7 @@ class RecipeRun:
         from rlscope.tinymodel import TINY_SFT, is_tiny
 
         preflight.check_processes(PartialState().num_processes, self.run_args.num_processes)
+        preflight.check_adapters(self.model_args)
         name = self.model_args.model_name_or_path or "tiny"
         if not (is_tiny(name) or name == TINY_SFT):
             preflight.check_model(name)
@@ -209,6 +210,14 @@ class RecipeRun:
             init_kwargs.setdefault("dtype", model_args.dtype)
         if model_args.attn_implementation:
             init_kwargs.setdefault("attn_implementation", model_args.attn_implementation)
+        peft_config = None
+        if model_args.use_peft or model_args.load_in_4bit or model_args.load_in_8bit:  # LoRA / QLoRA (TRL's fields)
+            from trl import get_peft_config, get_quantization_config
+
+            peft_config = get_peft_config(model_args)
+            quantization = get_quantization_config(model_args)
+            if quantization is not None:
+                init_kwargs.setdefault("quantization_config", quantization)
         cfg.model_init_kwargs = init_kwargs or None
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         train_ds = self.task.dataset("train")
@@ -224,7 +233,7 @@ class RecipeRun:
         self.trainer = trainer_cls(model=self.model_path, reward_funcs=self.task.reward_funcs(), args=cfg,
                                    train_dataset=train_ds, processing_class=self.tokenizer,
                                    callbacks=list(self.callbacks), rollout_log_every=run_args.rollout_log_every,
-                                   step_offset=self.offset, **extra)
+                                   step_offset=self.offset, peft_config=peft_config, **extra)
 
     def attach_probes(self) -> None:
         """``rlscope.attach`` with the recipe's probes; probes that sample use the run's task and seed by default."""
@@ -258,6 +267,7 @@ class RecipeRun:
 
         import torch
 
+        from rlscope.adapters import adapters_disabled
         from rlscope.common import model_is_partitioned
 
         everyone = model_is_partitioned(self.trainer.model) and self.state.num_processes > 1
@@ -280,9 +290,14 @@ class RecipeRun:
             step = self.offset + (self.trainer.state.global_step if when == "after" else 0)
             devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
             # ranks other than the main one only take part in the collectives: their RNG stays as without it
-            with contextlib.nullcontext() if self.main else torch.random.fork_rng(devices=devices):
-                result = evaluate_task(self.trainer.accelerator.unwrap_model(self.trainer.model), self.tokenizer,
-                                       self.task, n_samples=self.run_args.eval_samples, seed=self.cfg.seed)
+            model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+            with contextlib.ExitStack() as stack:
+                if not self.main:
+                    stack.enter_context(torch.random.fork_rng(devices=devices))
+                if when == "before":  # a LoRA run's reference is its base model: adapters off, no second copy
+                    stack.enter_context(adapters_disabled(model))
+                result = evaluate_task(model, self.tokenizer, self.task, n_samples=self.run_args.eval_samples,
+                                       seed=self.cfg.seed)
             if self.main:
                 self.writer.log_eval(step, f"{when}_rl", result.as_metrics("heldout"))
                 self.summary[f"heldout_{when}"] = result.accuracy

@@ -260,8 +260,12 @@ def offline_geometry(base: str | Path, checkpoints: list[str | Path], patterns=D
                      **options) -> list[dict]:
     """The live probe's numbers for saved checkpoints, in order (the direction cosine and the warm starts chain from
     one to the next): per checkpoint ``{"checkpoint", "aggregate": {stat: value}, "per_matrix": {name: {stat:
-    value}}}``. ``device``: where to compute (``cuda``: each matrix moved there as it is computed). ``options``: the
-    weights probe's (``k``, ``n_dw_sv``, ``exact_below``, ``abs_tol``, ``rel_tol``, ``max_passes``, ...)."""
+    value}}}``. A checkpoint of a LoRA run (a PEFT adapter directory) is read as W_base + s B A over ``base`` (its
+    adapted matrices; W_0 is ``base``, the adapters' usual start B = 0). ``device``: where to compute (``cuda``: each
+    matrix moved there as it is computed). ``options``: the weights probe's (``k``, ``n_dw_sv``, ``exact_below``,
+    ``abs_tol``, ``rel_tol``, ``max_passes``, ...)."""
+    from rlscope.adapters import LoraWeight, is_adapter_dir, load_adapter
+
     w0 = load_state(base)
     names = select_matrices(list(w0), patterns)
     if not names:
@@ -269,11 +273,25 @@ def offline_geometry(base: str | Path, checkpoints: list[str | Path], patterns=D
     state: dict = {}
     out = []
     for ckpt in checkpoints:
-        wt = load_state(ckpt)
-        missing = [n for n in names if n not in wt]
-        if missing:
-            raise KeyError(f"checkpoint {ckpt} lacks {missing[:3]}{'...' if len(missing) > 3 else ''}")
-        view = WeightView((n, w0[n].to(device), wt[n].to(device)) for n in names)
+        if is_adapter_dir(ckpt):
+            lora = load_adapter(ckpt)
+            adapted = [n for n in names if n in lora]
+            if not adapted:
+                raise KeyError(f"adapter {ckpt} adapts none of the selected matrices ({list(lora)[:3]} ...)")
+
+            def pair(n, _lora=lora):
+                a, b, s = _lora[n]
+                base_w = w0[n].to(device)
+                return (LoraWeight(base_w, torch.zeros_like(b, device=device), torch.zeros_like(a, device=device), s),
+                        LoraWeight(base_w, b.to(device), a.to(device), s))
+
+            view = WeightView((n, *pair(n)) for n in adapted)
+        else:
+            wt = load_state(ckpt)
+            missing = [n for n in names if n not in wt]
+            if missing:
+                raise KeyError(f"checkpoint {ckpt} lacks {missing[:3]}{'...' if len(missing) > 3 else ''}")
+            view = WeightView((n, w0[n].to(device), wt[n].to(device)) for n in names)
         result = weight_geometry(view, state, **options)
         per = {row["matrix"]: {key: v for key, v in row.items() if key != "matrix"} for row in result["per_matrix"].rows}
         out.append({"checkpoint": str(ckpt), "aggregate": scalars_of(result), "per_matrix": per})

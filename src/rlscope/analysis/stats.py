@@ -281,6 +281,19 @@ def f_sf(f: float, d1: float, d2: float) -> float:
     return betainc(d2 / 2.0, d1 / 2.0, d2 / (d2 + d1 * f))
 
 
+def t_quantile(df: float, level: float = 0.95) -> float:
+    """The half-width multiplier of a two-sided ``level`` interval under Student's t with ``df`` > 0 (fractional allowed)
+    degrees of freedom, ``scipy.stats.t.ppf((1 + level) / 2, df)``: the t with P(|T| > t) = f_sf(t^2, 1, df) =
+    1 - level, found by bisection."""
+    alpha, lo, hi = 1.0 - level, 0.0, 1.0
+    while f_sf(hi * hi, 1, df) > alpha:
+        hi *= 2.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if f_sf(mid * mid, 1, df) > alpha else (lo, mid)
+    return (lo + hi) / 2
+
+
 def rolling_median(y, size: int) -> np.ndarray:
     """Centred rolling median over ``size`` points (odd), the ends padded with the end values
     (``scipy.ndimage.median_filter(y, size, mode="nearest")``)."""

@@ -14,6 +14,7 @@ from typing import Iterable, Iterator
 
 import torch
 
+from rlscope.adapters import LoraWeight, adapter_bases, drift, lowrank_svd, update_factors
 from rlscope.ritz import SIGMA_FLOOR, ValueGoal, angle_error, principal_angles
 from rlscope.topsvd import MAX_PASSES, TopSVD, _as, _Workspace, all_threads, small_ops, top_svd
 
@@ -124,20 +125,11 @@ def matrix_geometry(w0: torch.Tensor, wt: torch.Tensor, k: int = 16, svd0: TopSV
                                 dw_rel_tol, dw_energy_tol)
 
 
-def _matrix_geometry(w0, wt, k, svd0, prev_dir, n_dw_sv, exact_below, cache, abs_tol, rel_tol, max_passes,
-                     dw_rel_tol, dw_energy_tol):
-    if w0.shape != wt.shape:
-        raise ValueError(f"weight geometry: W_0 {tuple(w0.shape)} and W_t {tuple(wt.shape)} differ in shape")
-    if w0.dim() != 2:
-        raise ValueError(f"weight geometry: a matrix is needed, got a tensor of shape {tuple(w0.shape)}")
-    cache = {} if cache is None else cache
-    keep64 = w0.dtype == torch.float64 and wt.dtype == torch.float64
-    work = torch.float64 if keep64 else torch.float32
-    wt = wt.detach()
-    w0 = w0.detach().to(device=wt.device, non_blocking=True)
-    if svd0 is not None:
-        cache["svd0"] = svd0
+def _rotation(w0_of, wt, k, cache, exact_below, abs_tol, rel_tol, max_passes, work) -> dict[str, float]:
+    """W_t's top-k subspaces against W_0's (angles, their bound, the singular values' change). ``w0_of()`` gives W_0
+    on W_t's device: called once per run, when W_0's triplets and norm are not yet in ``cache``."""
     if "svd0" not in cache or "fro0" not in cache:  # once per run: W_0 (bf16 as it is: top_svd converts it)
+        w0 = w0_of()
         with all_threads():
             w0w = w0 if w0.dtype in (torch.bfloat16, torch.float16) else _as(w0, work, "w")
         if "svd0" not in cache:
@@ -173,18 +165,43 @@ def _matrix_geometry(w0, wt, k, svd0, prev_dir, n_dw_sv, exact_below, cache, abs
     rel = (svdt.S - s0.S.to(svdt.S.device)) / s0.S.to(svdt.S.device).clamp(min=1e-30)
     out["sv_rel_change_mean"] = float(rel.abs().mean())
     out["sv_rel_change_max"] = float(rel.abs().max())
+    return out
+
+
+def _no_update(out: dict, n_dw_sv: int) -> None:
+    """dW = 0 (no update yet): flagged by NaN, not a fake number."""
+    for i in range(1, n_dw_sv + 1):
+        out[f"dw_sigma{i}"] = 0.0
+    out["dw_rank1_energy"] = out["dw_stable_rank"] = math.nan
+    out["dw_sigma_bound"] = out["dw_rank1_energy_bound"] = 0.0
+    out["dw_bound_unmet"], out["dw_passes"] = 0.0, 0.0
+    out.update(direction_cosines(None, None))
+
+
+def _matrix_geometry(w0, wt, k, svd0, prev_dir, n_dw_sv, exact_below, cache, abs_tol, rel_tol, max_passes,
+                     dw_rel_tol, dw_energy_tol):
+    if w0.shape != wt.shape:
+        raise ValueError(f"weight geometry: W_0 {tuple(w0.shape)} and W_t {tuple(wt.shape)} differ in shape")
+    if isinstance(wt, LoraWeight):
+        return _lora_geometry(w0, wt, k, svd0, prev_dir, n_dw_sv, exact_below, cache, abs_tol, rel_tol, max_passes,
+                              dw_rel_tol, dw_energy_tol)
+    if w0.dim() != 2:
+        raise ValueError(f"weight geometry: a matrix is needed, got a tensor of shape {tuple(w0.shape)}")
+    cache = {} if cache is None else cache
+    keep64 = w0.dtype == torch.float64 and wt.dtype == torch.float64
+    work = torch.float64 if keep64 else torch.float32
+    wt = wt.detach()
+    w0 = w0.detach().to(device=wt.device, non_blocking=True)
+    if svd0 is not None:
+        cache["svd0"] = svd0
+    out = _rotation(lambda: w0, wt, k, cache, exact_below, abs_tol, rel_tol, max_passes, work)
     with all_threads():  # dW in the working precision (exact for bf16 or float32 weights), into a reused buffer
         dw = _Workspace.get("dw", wt.shape, work, wt.device)
         fro2 = difference(wt, w0, dw)
     out["dw_rel_norm"] = math.sqrt(fro2 / cache["fro0"]) if cache["fro0"] > 0 else math.nan
     n = max(n_dw_sv, 1)
-    if fro2 == 0:  # no update yet: flagged by NaN, not a fake number
-        for i in range(1, n_dw_sv + 1):
-            out[f"dw_sigma{i}"] = 0.0
-        out["dw_rank1_energy"] = out["dw_stable_rank"] = math.nan
-        out["dw_sigma_bound"] = out["dw_rank1_energy_bound"] = 0.0
-        out["dw_bound_unmet"], out["dw_passes"] = 0.0, 0.0
-        out.update(direction_cosines(None, None))
+    if fro2 == 0:
+        _no_update(out, n_dw_sv)
         return out, None
     goal = ValueGoal(n, dw_rel_tol, dw_energy_tol, fro2, DW_DIR_TOL, DW_DIR_PASSES)
     svd_dw = top_svd(dw, n, exact_below, oversample=4, start=cache.get("basis_dw"), max_passes=max_passes,
@@ -193,6 +210,52 @@ def _matrix_geometry(w0, wt, k, svd0, prev_dir, n_dw_sv, exact_below, cache, abs
     out.update(dw_spectrum(svd_dw.S.tolist()[:n], svd_dw.S_up.tolist()[:n], fro2, goal, n_dw_sv))
     out["dw_passes"] = float(svd_dw.passes)
     dirs = (svd_dw.U[:, 0].float().cpu(), svd_dw.V[:, 0].float().cpu())
+    out.update(direction_cosines(dirs, prev_dir))
+    return out, dirs
+
+
+def _lora_geometry(w0: LoraWeight, wt: LoraWeight, k, svd0, prev_dir, n_dw_sv, exact_below, cache, abs_tol, rel_tol,
+                   max_passes, dw_rel_tol, dw_energy_tol):
+    """An adapted matrix (:mod:`rlscope.adapters`): W_t = W_base + s B_t A_t against W_0 = W_base + s B_0 A_0. The
+    rotation is today's bounded top-k of W_t (formed in float64 once per probe in a reused buffer; W_0 only at the
+    first probe, and not at all when B_0 = 0); dW = s (B_t A_t - B_0 A_0), of rank <= 2r, is never formed: its SVD is exact
+    (:func:`rlscope.adapters.lowrank_svd`), so its bounds are 0. Adds the adapter's own directions' drift since the
+    previous probe (``lora_drift_out_*``: span(B), ``lora_drift_in_*``: A's row span) and ``lora_rank``."""
+    cache = {} if cache is None else cache
+    dev = wt.base.device
+    work = torch.float64  # W = W_base + s B A formed in float64: the bounds then hold for the exact W (a float32
+    # formation would round it by ~1e-7 relative, more than an angle's bound on a dense matrix)
+    if svd0 is not None:
+        cache["svd0"] = svd0
+
+    def w0_of():
+        base0 = w0.base.detach().to(dev)
+        if w0.is_base():
+            return base0
+        return LoraWeight(base0, w0.B, w0.A, w0.scaling).dense(_Workspace.get("lora_w0", w0.shape, work, dev))
+
+    with all_threads():
+        wt_dense = wt.dense(_Workspace.get("lora_wt", wt.shape, work, dev))
+    out = _rotation(w0_of, wt_dense, k, cache, exact_below, abs_tol, rel_tol, max_passes, work)
+    L, R, s = update_factors(w0, wt)
+    U, S, V = lowrank_svd(L, R, s)
+    fro2 = float(S.square().sum())  # ||dW||_F^2 exactly (the core's singular values: Q_L, Q_R are orthonormal)
+    out["dw_rel_norm"] = math.sqrt(fro2 / cache["fro0"]) if cache["fro0"] > 0 else math.nan
+    out["lora_rank"] = float(wt.A.shape[0])
+    bases = adapter_bases(wt)
+    for side, now, key in (("out", bases[0], "lora_qb"), ("in", bases[1], "lora_qa")):
+        out[f"lora_drift_{side}_mean"], out[f"lora_drift_{side}_max"] = drift(cache.get(key), now)
+        if now is not None:
+            cache[key] = now
+    n = max(n_dw_sv, 1)
+    if fro2 == 0:
+        _no_update(out, n_dw_sv)
+        return out, None
+    vals = S.tolist()[:n] + [0.0] * max(0, n - S.numel())
+    goal = ValueGoal(n, dw_rel_tol, dw_energy_tol, fro2)
+    out.update(dw_spectrum(vals, vals, fro2, goal, n_dw_sv))  # exact: every bound 0
+    out["dw_passes"] = 0.0
+    dirs = (U[:, 0].float().cpu(), V[:, 0].float().cpu())
     out.update(direction_cosines(dirs, prev_dir))
     return out, dirs
 

@@ -24,6 +24,15 @@ Per matrix (top-k subspaces):
 * ``dw_dir_cos_left`` / ``_right``: |<u_1, u_1_prev>| (sign-aligned cosine) of dW's top singular vectors with those
   of the previous probe -- near 1 when the dominant direction evolves linearly.
 
+LoRA adapters (Hu et al. 2021; :mod:`rlscope.adapters`): an adapted matrix is measured as its effective weight
+W_t = W_base + s B_t A_t against W_0 = W_base + s B_0 A_0 and reported under its plain name (``...q_proj.weight``);
+frozen matrices without an adapter are left out (they do not move). The angles are computed as for any matrix; dW =
+s (B_t A_t - B_0 A_0) has rank <= r (2r when B_0 != 0) and its SVD is exact (two thin QRs and an r x r SVD; no
+out x in matrix is formed): its bounds are 0 and ``dw_passes`` 0. Adapters add ``lora_rank`` (r) and the drift of the
+adapter's own directions since the previous probe: ``lora_drift_out_*`` -- principal angles between span(B_t) and the
+previous probe's span(B) (mean, max; radians), ``lora_drift_in_*`` -- the same for A's row span (NaN at the first
+probe and while B = 0). ``n_adapted`` counts the adapted matrices.
+
 The registered probe ``weights`` (source ``weights``) reads a :class:`WeightView`: the selected matrices with their
 W_0, streamed one at a time (offline: :func:`rlscope.weight_geometry.offline_geometry`, which computes them with the
 same :func:`matrix_results`), or the per-matrix results already computed (live: each rank computes its share of the
@@ -65,7 +74,7 @@ def aggregate(per_matrix: dict[str, dict[str, float]]) -> dict[str, float]:
             groups.setdefault(f"layer/{layer}/", []).append({k: stats[k] for k in LAYER_STATS if k in stats})
     out: dict[str, float] = {}
     for prefix, rows in groups.items():
-        for key in rows[0] if rows else ():
+        for key in dict.fromkeys(key for r in rows for key in r):  # every stat any matrix has (adapters add some)
             vals = [r[key] for r in rows if key in r and not math.isnan(r[key])]
             if key in SUM_STATS:
                 out[f"{prefix}{key}"] = float(sum(vals))
@@ -92,7 +101,9 @@ class WeightView:
                    "angle_unresolved", "angle_bound_unmet", "passes", "sv_rel_change_mean", "sv_rel_change_max",
                    "dw_rel_norm", "dw_sigma<i>", "dw_rank1_energy", "dw_stable_rank", "dw_sigma_bound",
                    "dw_rank1_energy_bound", "dw_bound_unmet", "dw_passes", "dw_dir_cos_left",
-                   "dw_dir_cos_right", "kind/<kind>/<stat>", "layer/<i>/<stat>", "n_matrices"),
+                   "dw_dir_cos_right", "lora_rank", "lora_drift_out_mean", "lora_drift_out_max",
+                   "lora_drift_in_mean", "lora_drift_in_max", "kind/<kind>/<stat>", "layer/<i>/<stat>", "n_matrices",
+                   "n_adapted"),
           extras=("per_matrix",),
           cost="heavy", cadence=Cadence(every=50, at_end=True), persist=("prev",))
 def weight_geometry(view: WeightView, state: dict, k: int = 16, n_dw_sv: int = 4, exact_below: int = 256,
@@ -138,5 +149,6 @@ def weight_geometry(view: WeightView, state: dict, k: int = 16, n_dw_sv: int = 4
         per[res.name] = stats
     out: dict = dict(aggregate(per))
     out["n_matrices"] = float(len(per))
+    out["n_adapted"] = float(sum("lora_rank" in stats for stats in per.values()))
     out["per_matrix"] = Records("weights", [{"matrix": name, **stats} for name, stats in per.items()])
     return out

@@ -3,7 +3,9 @@ pass@k -- for any ``transformers.Trainer`` (it needs only the model and the toke
 
 The prompts are grouped into fixed batches of ``batch_prompts``, every rank samples its share of the batches and the
 counts are gathered (:func:`rlscope.passk_eval.evaluate_passk`: sampling keyed per (prompt, sample, position), so the
-counts do not depend on the number of ranks). The evaluation at the start of training is the *base*. Under DeepSpeed
+counts do not depend on the number of ranks). The evaluation at the start of training is the *base*; in a LoRA run it
+is made with the adapters switched off (:func:`rlscope.adapters.adapters_disabled`: the base model itself, whatever
+the adapters held at the start, with no second copy of it). Under DeepSpeed
 ZeRO-3 the ranks generate in lock step (every rank the same forwards, as TRL's own rollouts do), so pass@k runs there
 too.
 """
@@ -59,8 +61,14 @@ class SampleSource(Source):
             raise ValueError("pass@k: the trainer has no processing_class (tokenizer) to generate with")
 
     def collect(self, ctx, probes):
-        result = evaluate_passk(ctx.model, self.tokenizer, self.task, **self.kw)
+        import contextlib
+
+        from rlscope.adapters import adapters_disabled
+
+        base = ctx.when == "start"  # the reference: an adapter run's base model (adapters off, the same parameters)
+        with adapters_disabled(ctx.model) if base else contextlib.nullcontext():
+            result = evaluate_passk(ctx.model, self.tokenizer, self.task, **self.kw)
         if not ctx.is_main:
             return None
-        return SampleCounts(n=result.n, counts=result.counts, kind="base" if ctx.when == "start" else "current",
+        return SampleCounts(n=result.n, counts=result.counts, kind="base" if base else "current",
                             seconds=result.seconds)

@@ -22,9 +22,11 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
+from rlscope.adapters import LoraMatrix, LoraWeight, base_weight, find_lora, oriented, plain_name
 from rlscope.callbacks.sources import SOURCES, Source
 from rlscope.common import model_is_partitioned, multi_rank
 from rlscope.probes.weight_matrix import (DEFAULT_PATTERNS, MATRIX_OPTIONS, MatrixResult, matrix_results,
@@ -99,14 +101,69 @@ class WeightSource(Source):
             return self.max_memory
         return physical_memory_bytes() // 4 // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
-    def setup(self, ctx) -> None:
-        params = dict(ctx.model.named_parameters())
-        self.names = select_matrices(list(params), self.patterns)
+    def _select(self, model) -> None:
+        """The measured matrices by plain name: every adapted matrix (LoRA: W_base + s B A) and every trainable one
+        matching the patterns; frozen matrices without an adapter are left out (they do not move)."""
+        params = dict(model.named_parameters())
+        self.lora = find_lora(model)
+        adapter_parts = {p for lm in self.lora.values() for p in (lm.base, lm.a, lm.b)}
+        self.param_of = {plain_name(n): n for n, p in params.items() if p.requires_grad and n not in adapter_parts}
+        candidates = list(dict.fromkeys([*self.lora, *self.param_of]))
+        self.names = select_matrices(candidates, self.patterns)
         if not self.names:
-            raise ValueError(f"weights source: no parameter matches {list(self.patterns)}; the model has e.g. "
-                             f"{list(params)[:6]}")
+            frozen = select_matrices([plain_name(n) for n in params], self.patterns)
+            why = (f"the {len(frozen)} matching ones are frozen and carry no adapter" if frozen
+                   else f"the model has e.g. {list(params)[:6]}")
+            raise ValueError(f"weights source: no trainable or adapted matrix matches {list(self.patterns)}: {why}")
+        self.sizes = [full_numel(params[self.lora[n].base if n in self.lora else self.param_of[n]])
+                      for n in self.names]
+
+    def _parts(self, name: str) -> list[str]:
+        """The parameters a matrix is read from: itself, or an adapter's base weight, A and B."""
+        lm = self.lora.get(name)
+        return [lm.base, lm.a, lm.b] if lm is not None else [self.param_of[name]]
+
+    def _snapshot_keys(self, names: list[str]) -> list[str]:
+        """What W_0 keeps of ``names``: a matrix; for an adapter its A_0 and B_0 (the base weight is frozen)."""
+        return [k for n in names for k in ((f"{n}#lora_A", f"{n}#lora_B") if n in self.lora else (n,))]
+
+    def _read(self, model, names: list[str], mine: set[str], where, bases: bool = True
+              ) -> Iterator[tuple[str, object]]:
+        """``(name, W_t)`` for the matrices of ``names`` in ``mine``: a tensor, or a :class:`LoraWeight` (base, B, A)
+        for an adapted one (``bases`` False: its base left out, None). ``where``: the host (a copy) or None (in
+        place). Under ZeRO-3 every rank joins the gather of every part of ``names``; otherwise a frozen base is read
+        in place (dequantized when stored in 4/8 bits)."""
+        partitioned = model_is_partitioned(model)
+        flat = [(n, p) for n in names for p in self._parts(n)
+                if partitioned or n in mine and (n not in self.lora or p != self.lora[n].base)]
+        owner = {p: n for n, p in flat}
+        want = {p for n, p in flat if n in mine and (bases or n not in self.lora or p != self.lora[n].base)}
+        got: dict[str, list] = {}
+        parts = full_parameters(model, [p for _, p in flat], materialize=want.__contains__, device=where)
+        for (n, _), (_, t) in zip(flat, parts):
+            if n in mine:
+                got.setdefault(n, []).append(t)
+        for n in names:
+            if n not in mine:
+                continue
+            lm: LoraMatrix | None = self.lora.get(n)
+            if lm is None:
+                yield n, got[n][0]
+                continue
+            if partitioned:
+                base, a, b = got[n]
+                base = None if base is None else oriented(lm, base)
+            else:
+                a, b = got[n]
+                base = base_weight(lm) if bases else None
+                base = base if base is None or where is None else base.to(where)
+            dev = a.device if base is None else base.device
+            yield n, LoraWeight(base, b.to(dev), a.to(dev), lm.scaling)
+
+    def setup(self, ctx) -> None:
+        self._select(ctx.model)
         world, rank = _world()
-        sizes = [full_numel(params[n]) for n in self.names]
+        sizes = self.sizes
         owner = split_matrices(sizes, world)
         self.mine = [n for n, r in zip(self.names, owner) if r == rank]
         self.device = compute_device(ctx.model, self.names, self.device_choice)
@@ -122,32 +179,47 @@ class WeightSource(Source):
             share[r] += size
         if chunk:
             self.chunks.append(chunk)
+        full_mine = [n for n in self.mine if n not in self.lora]
         if Snapshot.exists(self.snapshot_dir):  # a resumed run: the reference taken before its first update
-            self.snapshot = Snapshot.load(self.snapshot_dir, keep=self.mine, max_memory_bytes=budget)
-            missing = set(self.names) - set(self.snapshot.names)
+            self.snapshot = Snapshot.load(self.snapshot_dir, keep=self._snapshot_keys(self.mine),
+                                          max_memory_bytes=budget)
+            missing = set(self._snapshot_keys(self.names)) - set(self.snapshot.names)
             if missing:
                 raise ValueError(f"weights source: the stored W_0 in {self.snapshot_dir} lacks {sorted(missing)[:3]}")
             self._load_warm(ctx.step)
-            self.w0 = ResidentW0(self.snapshot, self.mine, self.device, device_budget_bytes)
-            return
-        t0 = time.perf_counter()
-        mine = set(self.mine)
-        pairs = ((n, t) for n, t in full_parameters(ctx.model, self.names, materialize=mine.__contains__)
-                 if t is not None)  # every rank joins every ZeRO-3 gather; each keeps its share
-        self.snapshot = Snapshot.take(pairs, self.snapshot_dir, budget, index=False)
-        _barrier()  # every rank's share is written before the index marks W_0 whole
-        if ctx.is_main and _world()[1] == 0 and self.snapshot_dir is not None:
-            Snapshot.write_index(self.snapshot_dir, self.names)
-        self.w0 = ResidentW0(self.snapshot, self.mine, self.device, device_budget_bytes)
-        self.snapshot_seconds = time.perf_counter() - t0
+        else:
+            t0 = time.perf_counter()
+            mine = set(self.mine)
+
+            def pairs():  # every rank joins every ZeRO-3 gather; each keeps its share (an adapter: A_0 and B_0)
+                for n, t in self._read(ctx.model, self.names, mine, "cpu", bases=False):
+                    if isinstance(t, LoraWeight):
+                        yield from ((f"{n}#lora_A", t.A), (f"{n}#lora_B", t.B))
+                    else:
+                        yield n, t
+
+            self.snapshot = Snapshot.take(pairs(), self.snapshot_dir, budget, index=False)
+            _barrier()  # every rank's share is written before the index marks W_0 whole
+            if ctx.is_main and _world()[1] == 0 and self.snapshot_dir is not None:
+                Snapshot.write_index(self.snapshot_dir, self._snapshot_keys(self.names))
+            self.snapshot_seconds = time.perf_counter() - t0
+        self.w0 = ResidentW0(self.snapshot, full_mine, self.device, device_budget_bytes)
+        self.lora0 = {n: (self.snapshot[f"{n}#lora_A"].to(self.device), self.snapshot[f"{n}#lora_B"].to(self.device))
+                      for n in self.mine if n in self.lora}  # A_0, B_0: r x (in + out), kept where the probe computes
 
     def _compute(self, pairs, names: list[str], options: dict) -> list[MatrixResult]:
         """Each ``(name, W_t)`` of ``pairs`` (in the order of ``names``) against its W_0 on the compute device
         (:class:`ResidentW0`: the next one's copy overlaps this one's computation)."""
         out = []
-        for (name, wt), (name0, w0) in zip(pairs, self.w0.stream(names)):
-            assert name == name0, (name, name0)
+        stream = self.w0.stream([n for n in names if n not in self.lora])
+        for name, wt in pairs:
             try:
+                if isinstance(wt, LoraWeight):
+                    a0, b0 = self.lora0[name]
+                    w0 = LoraWeight(wt.base, b0, a0, wt.scaling)  # the base is frozen: W_0's is W_t's
+                else:
+                    name0, w0 = next(stream)
+                    assert name == name0, (name, name0)
                 out.extend(matrix_results([(name, w0, wt)], self.cache, **options))
             except Exception as exc:  # noqa: BLE001 -- sent to the main process, whose probe raises it
                 out.append(MatrixResult(name, error=f"{type(exc).__name__}: {exc}"))
@@ -183,7 +255,7 @@ class WeightSource(Source):
                    self.warm_dir / f"w0.{world}.{rank}.step{step:08d}.safetensors")
             self._w0_saved.update(new)
         tensors = {f"{n}\t{key}": self.cache[n][key].detach().cpu().contiguous() for n in self.mine
-                   if n in self.cache for key in ("basis_t", "basis_dw") if self.cache[n].get(key) is not None}
+                   if n in self.cache for key in ("basis_t", "basis_dw", "lora_qa", "lora_qb") if self.cache[n].get(key) is not None}
         _write(save_file, tensors, {}, self.warm_dir / f"step{step:08d}.{world}.{rank}.safetensors")
         mine = sorted(self.warm_dir.glob(f"step*.{world}.{rank}.safetensors"))
         for old in mine[:-self.KEEP_STEPS]:
@@ -233,11 +305,10 @@ class WeightSource(Source):
         where = "cpu" if self.device.type == "cpu" else None
         if model_is_partitioned(ctx.model):
             for chunk in self.chunks:  # gathers on every rank, then each rank computes its copies
-                held = [(n, t) for n, t in full_parameters(ctx.model, chunk, materialize=mine.__contains__,
-                                                           device=where) if t is not None]
+                held = list(self._read(ctx.model, chunk, mine, where))
                 results.extend(self._compute(held, [n for n, _ in held], options))
         else:
-            results = self._compute(full_parameters(ctx.model, self.mine, device=where), self.mine, options)
+            results = self._compute(self._read(ctx.model, self.mine, mine, where), self.mine, options)
         self._save_warm(ctx.step)
         world, rank = _world()
         if world > 1:
