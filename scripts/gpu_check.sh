@@ -1,5 +1,5 @@
 #!/bin/bash
-# make gpu-check: the GPU tests and the three GPU benchmarks on this machine, their JSON lines into one file.
+# make gpu-check: the GPU tests and the GPU benchmarks on this machine, their JSON lines into one file.
 # Installs nothing from the network. PYTHON (default .venv/bin/python, else python3) must have rlscope's
 # dependencies; RLSCOPE_WHEELS=DIR installs the wheels in DIR first (--no-index, into /tmp/rlscope-site: for a
 # machine without network, e.g. ../shared/gpu/wheels). OUT (default gpu-check/) receives gpu-check.jsonl and a log
@@ -19,9 +19,9 @@ if [ -n "${RLSCOPE_WHEELS:-}" ]; then
     > "$OUT/install.log" 2>&1 || { echo '{"stage": "install", "rc": 1}' >> "$RESULTS"; exit 1; }
   export PYTHONPATH=/tmp/rlscope-site:$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 fi
-DEV=cuda; WARGS=""; PARGS="-n 8 --max-new-tokens 128"; OSTEPS=${OVERHEAD_STEPS:-8}; OREP=${OVERHEAD_REPEATS:-2}
+DEV=cuda; WARGS=""; LARGS="--layers 28"; PARGS="-n 8 --max-new-tokens 128"; OSTEPS=${OVERHEAD_STEPS:-8}; OREP=${OVERHEAD_REPEATS:-2}
 if [ "${DRY:-0}" = 1 ]; then
-  DEV=cpu; SHAPE=tiny; WARGS="--layers 1 --svd-n 1536"; PARGS="--prompts 4 -n 2 --repeats 1"; OSTEPS=2; OREP=1
+  DEV=cpu; SHAPE=tiny; WARGS="--layers 1 --svd-n 1536"; LARGS="--layers 1 --rank 4"; PARGS="--prompts 4 -n 2 --repeats 1"; OSTEPS=2; OREP=1
 elif ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   echo '{"stage": "cuda", "available": false}' | tee -a "$RESULTS"; exit 2
 fi
@@ -38,6 +38,7 @@ stage() {  # stage NAME TIMEOUT CMD...: the last line of a bench's stdout is its
 stage tests "${TESTS_TIMEOUT:-900}" $PY -m pytest -q -m gpu tests/test_gpu.py
 grep -E "passed|failed|error|skipped" "$OUT/tests.log" | tail -1 | $PY -c "import json,sys; print(json.dumps({'stage': 'tests-summary', 'line': sys.stdin.read().strip()}))" >> "$RESULTS"
 stage bench-weights "${BENCH_TIMEOUT:-900}" $PY -m rlscope.cli bench weights --device $DEV $WARGS --json
+stage bench-lora "${BENCH_TIMEOUT:-900}" $PY -m rlscope.cli bench lora --device $DEV $LARGS --json
 stage bench-passk "${BENCH_TIMEOUT:-900}" $PY -m rlscope.cli bench passk --device $DEV --shape "$SHAPE" $PARGS --json
 OV="--device $DEV --model $SHAPE --steps $OSTEPS --repeats $OREP --json"
 stage bench-overhead "${BENCH_TIMEOUT:-900}" $PY -m rlscope.cli bench overhead $OV

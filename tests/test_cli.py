@@ -78,6 +78,14 @@ def test_bench_weights_prints_json_last():
     assert result["probe_angle_error_rad"] < 1e-3
 
 
+def test_bench_lora_prints_json_last():
+    p = rlscope("bench", "lora", "--json", "--layers", "1", "--rank", "4")
+    assert p.returncode == 0, p.stderr[-3000:]
+    result = json.loads(p.stdout.strip().splitlines()[-1])
+    assert result["bench"] == "lora" and result["matrices"] == 7 and result["bounds_hold"]
+    assert result["dw_sigma_rel_error"] < 1e-10 and result["ratio"] > 0
+
+
 def test_bench_passk_prints_json_last(tiny_sft_path):
     p = rlscope("bench", "passk", "--json", "--prompts", "4", "-n", "2", "--repeats", "1")
     assert p.returncode == 0, p.stderr[-3000:]

@@ -35,6 +35,29 @@ def test_tiny_recipe_in_bf16_on_cuda_with_every_probe_family(tmp_path):
     assert bound and all(math.isfinite(v) for v in bound)
 
 
+@pytest.mark.parametrize("quant", ["lora", "qlora"])
+def test_lora_recipe_in_bf16_on_cuda(tmp_path, quant):
+    """The LoRA recipe on the GPU in bf16, and QLoRA (a 4-bit base; needs bitsandbytes): every probe family runs on
+    the adapters."""
+    from conftest import ROOT
+
+    pytest.importorskip("peft")
+    if quant == "qlora":
+        pytest.importorskip("bitsandbytes")
+    cmd = [sys.executable, "-m", "rlscope.train", "--config", str(ROOT / "recipes/tiny_dapo_lora.yaml"),
+           "--model_name_or_path", "tiny", "--use_cpu", "false", "--bf16", "true", "--max_steps", "4",
+           "--runs_dir", str(tmp_path), "--run_name", quant, "--save_strategy", "no", "--report_to", "none",
+           "--analyze", "false", "--probe_every", '{"grad": 1, "weights": 2, "passk": "start+end"}',
+           "--probe_options", '{"passk": {"n": 4, "max_prompts": 16}}', *(["--load_in_4bit", "true"]
+                                                                            if quant == "qlora" else [])]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / quant / "metrics.jsonl").read_text().splitlines()]
+    last = {r["name"]: r["value"] for r in rows}
+    assert last["rlscope/weights/n_adapted"] == 12 and last["rlscope/grad/n_params"] == 24
+    assert last["rlscope/weights/dw_sigma1"] > 0 and "rlscope/passk/pass@4" in last
+
+
 @pytest.mark.parametrize("shape", [(8960, 1536), (1536, 8960), (256, 1536)])
 def test_weights_probe_on_cuda_equals_the_cpu_computation_within_the_bound(shape):
     from rlscope.bench import _model_w0, _rl_update

@@ -314,3 +314,61 @@ def test_two_processes_split_the_adapted_matrices_and_give_the_numbers_of_one(tm
     last = one["2"]
     assert last["rlscope/weights/n_adapted"] == 4 and last["rlscope/weights/angle_bound_unmet"] == 0
     assert last["rlscope/weights/lora_drift_in_mean"] > 0 and last["rlscope/weights/dw_sigma_bound"] == 0
+
+
+def test_attach_on_a_stock_grpo_trainer_given_a_peft_config(tmp_path, tiny_sft_path):
+    """rlscope.attach on TRL's own GRPOTrainer wrapping the model with a peft_config: every probe family runs on the
+    adapters (weights on the 12 adapted matrices, grad on their 24 A / B, pass@k's base with adapters off)."""
+    from transformers import AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    import rlscope
+    from rlscope.tasks import get_task
+
+    task = get_task("chainsum", seed=0)
+    cfg = GRPOConfig(output_dir=str(tmp_path / "t"), max_steps=2, per_device_train_batch_size=8, num_generations=4,
+                     max_completion_length=16, learning_rate=1e-3, use_cpu=True, bf16=False,
+                     gradient_checkpointing=False, report_to="none", save_strategy="no", disable_tqdm=True,
+                     logging_steps=1, seed=0)
+    trainer = GRPOTrainer(model=str(tiny_sft_path), reward_funcs=task.reward_funcs(), args=cfg,
+                          train_dataset=task.dataset("train"),
+                          processing_class=AutoTokenizer.from_pretrained(tiny_sft_path),
+                          peft_config=LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS))
+    obs = rlscope.attach(trainer, tmp_path / "run", weights={"every": 1}, grad=True,
+                         passk={"task": task, "n": 4, "max_prompts": 8, "every": 0, "at_start": True, "at_end": True})
+    trainer.train()
+    last = obs.last
+    assert last["rlscope/weights/n_adapted"] == last["rlscope/weights/n_matrices"] == 12
+    assert last["rlscope/weights/dw_sigma1"] > 0 and last["rlscope/weights/dw_sigma_bound"] == 0
+    assert last["rlscope/grad/n_params"] == 24 and last["rlscope/grad/norm"] > 0
+    assert math.isfinite(last["rlscope/entropy/mean"]) and "rlscope/passk/pass@4" in last
+
+
+def test_qlora_4bit_base_is_dequantized_and_measured(tiny_path):
+    """QLoRA: a 4-bit (NF4) base is read through PEFT's dequantization; the numbers equal a float64 SVD of the
+    dequantized base plus the update. (Training QLoRA on CPU is not possible with bitsandbytes 0.50: its CPU backend
+    repacks the weights for inference at generation, after which the training forward fails in bitsandbytes.)"""
+    pytest.importorskip("bitsandbytes")
+    from peft.utils.integrations import dequantize_module_weight
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32, bnb_4bit_quant_type="nf4")
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_path), quantization_config=quant, device_map="cpu")
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS))
+    lora = find_lora(model)
+    assert type(next(iter(lora.values())).module.base_layer.weight).__name__ == "Params4bit"
+    obs = Observatory({"weights": {"every": 1, "k": 4, "exact_below": 100}})
+    obs.measure(model, step=0, when="start")
+    _move(lora, torch.Generator().manual_seed(6))
+    obs.measure(model, step=1)
+    rows = {r["matrix"]: r for r in obs.latest["weights"][1]["per_matrix"].rows}
+    assert len(rows) == 12
+    for name, lm in list(lora.items())[:4]:
+        base = dequantize_module_weight(lm.module.base_layer).detach().double().numpy()
+        A, B = (x.detach().double() for x in (lm.module.lora_A["default"].weight, lm.module.lora_B["default"].weight))
+        dw = lm.scaling * (B @ A).numpy()
+        sd = np.linalg.svd(dw, compute_uv=False)
+        r = rows[name]
+        assert r["dw_sigma1"] == pytest.approx(sd[0], rel=1e-6)  # float32 adapters
+        (U0, _, _), (Ut, _, _) = _top(base, 4), _top(base + dw, 4)
+        assert abs(r["angle_left_mean"] - sl.subspace_angles(U0, Ut).mean()) <= r["angle_error_bound"] + 1e-9

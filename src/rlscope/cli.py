@@ -283,6 +283,10 @@ def cmd_bench(ns) -> int:
     elif ns.what == "weights":
         result = bench.bench_weights(n=ns.svd_n, device=ns.device or "cpu",
                                      **({"layers": ns.layers} if ns.layers else {}))
+    elif ns.what == "lora":
+        from rlscope.bench_lora import bench_lora
+
+        result = bench_lora(rank=ns.rank, layers=ns.layers or 4, device=ns.device or "cpu")
     elif ns.what == "analyze":
         result = bench.bench_analyze(steps=ns.steps or 20000, metrics=ns.metrics)
     elif ns.what == "gather":
@@ -402,7 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_probes)
 
     b = sub.add_parser("bench", help="benchmarks; the last output line is JSON")
-    b.add_argument("what", choices=["step", "overhead", "gather", "passk", "weights", "schedules", "analyze"])
+    b.add_argument("what", choices=["step", "overhead", "gather", "passk", "weights", "lora", "schedules",
+                                           "analyze"])
     b.add_argument("--json", action="store_true", help="print only the JSON line")
     b.add_argument("--steps", type=int, default=None, help="optimizer steps (step: 20, overhead: 16, schedules: 40; "
                                                              "analyze: the synthetic run's length, 20000)")
@@ -411,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=5, help="overhead: runs per arm (interleaved)")
     b.add_argument("--recipe", default="tiny_dapo", help="step, overhead: a bundled recipe's name or a recipe file")
     b.add_argument("--device", choices=["cpu", "cuda"], default=None,
-                   help="passk, weights: where it runs (default cpu); overhead: cuda runs the recipe with use_cpu "
+                   help="passk, weights, lora: where it runs (default cpu); overhead: cuda runs the recipe with use_cpu "
                         "false and bf16 true, cpu with use_cpu true and bf16 false (default: as the recipe says)")
     b.add_argument("--model", default=None,
                    help="overhead: a model shape (qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-3b, qwen2.5-7b: random "
@@ -432,7 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "off for tiny)")
     b.add_argument("--svd-n", type=int, default=4096, help="weights: size of the square matrix for (a)")
     b.add_argument("--layers", type=int, default=None, help="weights: layers of the Qwen2.5-1.5B-shaped model for (b) "
-                                                               "(default: its 28)")
+                                                               "(default: its 28); lora: adapted layers (default 4)")
+    b.add_argument("--rank", type=int, default=16, help="lora: the adapters' rank r (alpha = 2r)")
     b.add_argument("--tokens", type=int, default=1_000_000, help="gather: valid tokens per rank")
     b.add_argument("--worlds", type=int, nargs="+", default=[8, 64], help="gather: simulated world sizes")
     b.set_defaults(func=cmd_bench)
