@@ -120,6 +120,12 @@ CASES = {
     "weights on a device the machine lacks": (
         lambda t: ["weights", _weights_base(t), _weights_base_copy(t), "--device", "cuda"],
         r"--device cuda: this machine has no CUDA device; use --device cpu"),
+    "quantized base without adapters": (lambda t: _train(t, "--load_in_4bit", "true"),
+                                        r"a quantized base cannot be trained itself; add use_peft: true"),
+    "DoRA adapters with the weights probe": (
+        lambda t: ["train", "--config", str(RECIPES / "tiny_dapo_lora.yaml"), "--runs_dir", str(t / "runs"), *QUICK,
+                   "--use_dora", "true", "--probes", "weights"],
+        r"is a DoRA adapter \(a learned magnitude rescales W_0 \+ s B A\); only LoRA is measured"),
     "checkpoint from another model": (_checkpoint_of_another_model,
                                       r"was written by another model \(hidden_size 128 vs 256; intermediate_size "
                                       r"384 vs 768"),

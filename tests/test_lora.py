@@ -213,6 +213,50 @@ def test_offline_command_reads_adapter_checkpoints_like_the_live_probe(tiny_path
             assert stats[key] == pytest.approx(live[name][key], rel=1e-6, abs=1e-9), (name, key)
 
 
+def _check_against_saved_adapter(run_dir: Path, base_path, step: int) -> None:
+    """The weights rows of ``step`` against the run's saved adapter (models/final) over its base, in float64."""
+    from transformers import AutoModelForCausalLM
+
+    from rlscope.store import RunReader
+
+    base = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=torch.float64)
+    params = dict(base.named_parameters())
+    lora = load_adapter(run_dir / "models" / "final")
+    rows = {r["matrix"]: r for r in RunReader(run_dir).records("weights") if r["step"] == step}
+    assert set(rows) == set(lora) and len(rows) == 12
+    for name, (A, B, scale) in lora.items():
+        w0 = params[name].detach().numpy()
+        dw = scale * (B.double() @ A.double()).numpy()
+        sd = np.linalg.svd(dw, compute_uv=False)
+        r = rows[name]
+        assert r["dw_sigma1"] == pytest.approx(sd[0], rel=1e-9) and r["dw_sigma2"] == pytest.approx(sd[1], rel=1e-9)
+        assert r["dw_rank1_energy"] == pytest.approx(sd[0] ** 2 / (sd ** 2).sum(), rel=1e-9)
+        U0, _, V0 = _top(w0, 16)
+        Ut, _, Vt = _top(w0 + dw, 16)
+        assert abs(r["angle_left_mean"] - sl.subspace_angles(U0, Ut).mean()) <= r["angle_error_bound"] + 1e-9
+        assert abs(r["angle_right_mean"] - sl.subspace_angles(V0, Vt).mean()) <= r["angle_error_bound"] + 1e-9
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["ddp2", "zero3"])
+def test_lora_recipe_under_two_processes_against_the_saved_adapter(tmp_path, tiny_sft_path, config):
+    """2-process DDP and DeepSpeed ZeRO-3 (the base, A and B gathered one at a time; each rank computes its share):
+    the weights rows at the last step equal the brute force on the adapter the run saved; grad and pass@k run."""
+    from helpers import launch
+
+    from rlscope.store import RunReader
+
+    launch(tmp_path, f"{config}.yaml", "--max_steps", "2", "--run_name", config, "--eval_heldout", "false",
+           "--probe_every", '{"weights": 2, "grad": 1, "passk": "start+end"}',
+           "--probe_options", '{"passk": {"n": 4, "max_prompts": 8}}', recipe="tiny_dapo_lora.yaml")
+    run_dir = tmp_path / config
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert meta["world_size"] == 2 and meta["params_partitioned"] is (config == "zero3")
+    _check_against_saved_adapter(run_dir, tiny_sft_path, step=2)
+    last = {r["name"]: r["value"] for r in RunReader(run_dir).records("metrics")}
+    assert last["rlscope/grad/n_params"] == 24 and last["rlscope/passk/prompts"] == 8
+
+
 def test_lora_recipe_end_to_end(tmp_path, tiny_sft_path):
     """recipes/tiny_dapo_lora.yaml, 4 steps: the token probes equal TRL's entropy and their offline recompute from the
     dumped tensors (the full-model formulas); the weights rows at the last step equal a float64 SVD of the saved
@@ -240,23 +284,7 @@ def test_lora_recipe_end_to_end(tmp_path, tiny_sft_path):
         for key in ("rlscope/entropy/mean", "rlscope/cov/mean"):
             assert row[key] == pytest.approx(s[key][step], rel=1e-9, abs=1e-12)
     assert s["rlscope/grad/n_params"][4] == 24 and s["rlscope/weights/n_adapted"][4] == 12
-    # the weights at step 4 against the saved adapter (checkpoint = models/final) over the base, in float64
-    base = AutoModelForCausalLM.from_pretrained(str(tiny_sft_path), dtype=torch.float64)
-    params = dict(base.named_parameters())
-    lora = load_adapter(run_dir / "models" / "final")
-    rows = {r["matrix"]: r for r in reader.records("weights") if r["step"] == 4}
-    assert set(rows) == set(lora) and len(rows) == 12
-    for name, (A, B, scale) in lora.items():
-        w0 = params[name].detach().numpy()
-        dw = scale * (B.double() @ A.double()).numpy()
-        sd = np.linalg.svd(dw, compute_uv=False)
-        r = rows[name]
-        assert r["dw_sigma1"] == pytest.approx(sd[0], rel=1e-9) and r["dw_sigma2"] == pytest.approx(sd[1], rel=1e-9)
-        assert r["dw_rank1_energy"] == pytest.approx(sd[0] ** 2 / (sd ** 2).sum(), rel=1e-9)
-        U0, _, V0 = _top(w0, 16)
-        Ut, _, Vt = _top(w0 + dw, 16)
-        assert abs(r["angle_left_mean"] - sl.subspace_angles(U0, Ut).mean()) <= r["angle_error_bound"] + 1e-9
-        assert abs(r["angle_right_mean"] - sl.subspace_angles(V0, Vt).mean()) <= r["angle_error_bound"] + 1e-9
+    _check_against_saved_adapter(run_dir, tiny_sft_path, step=4)
     base_rec = next(r for r in reader.records("passk") if r["kind"] == "base")
     tok = AutoTokenizer.from_pretrained(str(tiny_sft_path))
     plain = AutoModelForCausalLM.from_pretrained(str(tiny_sft_path))

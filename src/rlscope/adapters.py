@@ -56,6 +56,8 @@ def _active(module) -> list[str]:
 def find_lora(model) -> dict[str, LoraMatrix]:
     """The adapted weight matrices of ``model`` by plain name (empty for a model without adapters). One clear error
     for what the weight geometry cannot read: several active adapters, merged adapters, DoRA, LoRA on embeddings."""
+    from rlscope.errors import UsageError
+
     params = dict(model.named_parameters())
     out: dict[str, LoraMatrix] = {}
     for prefix, module in model.named_modules():
@@ -65,19 +67,19 @@ def find_lora(model) -> dict[str, LoraMatrix]:
         if not active:
             continue
         if len(active) > 1:
-            raise ValueError(f"weights probe: {prefix} has {len(active)} active LoRA adapters {active}; the update "
+            raise UsageError(f"weights probe: {prefix} has {len(active)} active LoRA adapters {active}; the update "
                              f"of one adapter is measured: activate one (model.set_adapter(name))")
         adapter = active[0]
         if getattr(module, "merged", False):
-            raise ValueError(f"weights probe: the adapter of {prefix} is merged into its base weight; unmerge it "
+            raise UsageError(f"weights probe: the adapter of {prefix} is merged into its base weight; unmerge it "
                              f"(model.unmerge_adapter()) so that W_0 and the update are apart")
         if getattr(module, "use_dora", {}).get(adapter):
-            raise ValueError(f"weights probe: {prefix} is a DoRA adapter (a learned magnitude rescales W_0 + s B A); "
+            raise UsageError(f"weights probe: {prefix} is a DoRA adapter (a learned magnitude rescales W_0 + s B A); "
                              f"only LoRA is measured: leave {prefix.rsplit('.', 1)[-1]} out of the probe's patterns")
         base = f"{prefix}.base_layer.weight"
         a, b = f"{prefix}.lora_A.{adapter}.weight", f"{prefix}.lora_B.{adapter}.weight"
         if base not in params or a not in params or b not in params:
-            raise ValueError(f"weights probe: {prefix} is a LoRA layer whose weights are not linear ones ({base}, "
+            raise UsageError(f"weights probe: {prefix} is a LoRA layer whose weights are not linear ones ({base}, "
                              f"{a}, {b}); LoRA on embeddings or convolutions is not measured")
         rank = int(getattr(module, "r", {}).get(adapter, params[a].shape[0]))
         out[plain_name(base)] = LoraMatrix(plain_name(base), base, a, b, module, adapter, rank,
