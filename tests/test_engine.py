@@ -101,9 +101,19 @@ def _views():
     w0 = {n: torch.randn(12, 9, generator=g) for n in names}
     wt = {n: w + 0.01 * torch.randn(12, 9, generator=g) for n, w in w0.items()}
     grad_names = names + ["model.embed_tokens.weight"]
+    from rlscope.adapters import LoraWeight  # an adapted matrix too: the adapters' outputs (lora_*)
+
+    lora = "model.layers.1.self_attn.v_proj.weight"
+    A, B = torch.randn(2, 9, generator=g), torch.zeros(12, 2)
+    steps = [LoraWeight(w0[names[0]], B + 0.1 * i * torch.randn(12, 2, generator=g), A, 2.0) for i in (1, 2)]
+    zero = LoraWeight(w0[names[0]], B, A, 2.0)
+
+    def view(i):
+        return WeightView([*((n, w0[n], wt[n]) for n in names), (lora, zero, steps[i])])
+
     return {
         "tokens": [batch, batch],
-        "weights": [WeightView((n, w0[n], wt[n]) for n in names), WeightView((n, w0[n], wt[n]) for n in names)],
+        "weights": [view(0), view(1)],
         "samples": [SampleCounts(4, [0, 1, 4], kind="base"), SampleCounts(4, [3, 3, 0], kind="current")],
         "gradients": [GradView(grad_names, *(torch.rand(3, dtype=torch.float64) for _ in range(3)))] * 2,
     }
