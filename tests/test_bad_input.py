@@ -1,4 +1,4 @@
-"""Every row of the README's "Bad input" table, through the real command line: one line naming the problem and the
+"""Every row of the docs' "Bad input" table (docs/bad-input.md), through the real command line: one line naming the problem and the
 fix on stderr, exit status 2, no traceback (``--debug`` shows it). The table and :data:`CASES` name the same rows."""
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def _weights_empty_dir(tmp_path) -> list[str]:
     return ["weights", _weights_base(tmp_path), str(tmp_path / "empty")]
 
 
-# row name (as in the README's table) -> (argv builder, what the one line must say)
+# row name (as in the docs' table) -> (argv builder, what the one line must say)
 CASES = {
     "unknown recipe key": (lambda t: ["train", "--config", _recipe(t, "task: chainsum\nlearnin_rate: 1e-3\n")],
                            r"unknown recipe key 'learnin_rate' in .*recipe.yaml\. Did you mean 'learning_rate'\?"),
@@ -150,9 +150,9 @@ def test_bad_input_is_one_clear_line(name, tmp_path, capsys, monkeypatch):
     assert "Traceback" not in err
 
 
-def test_the_readme_table_has_exactly_these_rows():
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Bad input"):]
+def test_the_docs_table_has_exactly_these_rows():
+    page = (ROOT / "docs" / "bad-input.md").read_text()
+    section = page[page.index("## Bad input"):]
     section = section[:section.find("\n## ", 1)]
     rows = re.findall(r"^\| ([^|]+?) \|", section, flags=re.M)
     assert sorted(r for r in rows if r not in ("input", "---")) == sorted([*CASES, "processes that do not form a group"])

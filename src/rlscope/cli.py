@@ -284,9 +284,7 @@ def cmd_bench(ns) -> int:
         result = bench.bench_weights(n=ns.svd_n, device=ns.device or "cpu",
                                      **({"layers": ns.layers} if ns.layers else {}))
     elif ns.what == "lora":
-        from rlscope.bench_lora import bench_lora
-
-        result = bench_lora(rank=ns.rank, layers=ns.layers or 4, device=ns.device or "cpu")
+        result = bench.bench_lora(rank=ns.rank, layers=ns.layers or 4, device=ns.device or "cpu")
     elif ns.what == "analyze":
         result = bench.bench_analyze(steps=ns.steps or 20000, metrics=ns.metrics)
     elif ns.what == "gather":

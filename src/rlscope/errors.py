@@ -4,7 +4,7 @@ A problem with what the user gave -- a recipe, a flag, a path, a checkpoint -- r
 subclass :class:`rlscope.registry.UnknownName`) with one message naming the problem and the fix. The command line
 (``rlscope ...``, ``python -m rlscope.train``) prints that message on one line and exits with status 2; ``--debug``
 (anywhere on the command line) or ``RLSCOPE_DEBUG=1`` shows the traceback instead. Anything else is a fault in rlscope
-or below it and keeps its traceback. The README's "Bad input" table lists the cases; ``tests/test_bad_input.py`` runs
+or below it and keeps its traceback. The docs' "Bad input" table (docs/bad-input.md) lists the cases; ``tests/test_bad_input.py`` runs
 every row.
 """
 

@@ -1,6 +1,6 @@
 """The run directory: one writer (:class:`RunWriter`), one reader (:class:`RunReader`).
 
-The layout of ``runs/<name>/`` is documented once, in the README ("The run directory"). Streams are JSON lines, one
+The layout of ``runs/<name>/`` is documented once, in docs/run-directory.md. Streams are JSON lines, one
 record per line: ``metrics`` (long format: step, name, value), ``rollouts``, ``evals``, and the record streams of
 probes (``passk``, ``weights``, ...: any ``<stream>.jsonl``).
 

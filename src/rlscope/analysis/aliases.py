@@ -1,7 +1,7 @@
 """Canonical metric names and the names each framework logs them under.
 
 :data:`ALIASES` maps a canonical name to an ordered list of ``(framework, pattern)``; the first pattern that matches a
-metric of the run wins (``*`` matches any text, e.g. verl's data-source names). The README's alias table is this table.
+metric of the run wins (``*`` matches any text, e.g. verl's data-source names). The alias table of docs/analysis.md is this table.
 Frameworks: rlscope (its probes), TRL (new names; ``old`` marks TRL < 0.20 names), verl (``old`` marks verl < 0.4,
 e.g. ``actor/entropy_loss``, which old verl used for the mean token entropy), OpenRLHF (its ``train/`` keys, checked
 against v0.11.0; it logs entropy as ``entropy_loss`` only when ``--actor.entropy_coef`` is set, and no share of

@@ -15,7 +15,7 @@ from rlscope.registry import Registry
 
 
 class Reader:
-    """A log format: ``name``, ``describe`` (one line for messages and the README), ``detect``, ``read``."""
+    """A log format: ``name``, ``describe`` (one line for messages and the docs), ``detect``, ``read``."""
 
     name = "reader"
     describe = ""

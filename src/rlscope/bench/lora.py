@@ -6,10 +6,8 @@ from __future__ import annotations
 import math
 import time
 
-from rlscope.bench import _model_shapes, _model_w0, _sync
-from rlscope.shapes import SHAPES
-
-_Q15 = SHAPES["qwen2.5-1.5b"]
+from rlscope.bench.common import _sync
+from rlscope.bench.spectra import _Q15, _model_shapes, _model_w0
 
 
 def _adapter(shape, rank: int, seed: int, step: int, size: float, scaling: float):
