@@ -14,6 +14,18 @@ def _cell(text: str) -> str:
     return html.escape(str(text)).replace("|", "&#124;").replace("\n", " ")
 
 
+def _definition(fn) -> list[str]:
+    """The probe module's docstring -- what it measures, the formula, the paper -- as a collapsed block."""
+    import inspect
+    import textwrap
+
+    doc = inspect.getdoc(inspect.getmodule(fn)) or ""
+    if not doc:
+        return []
+    body = textwrap.indent(doc.replace("``", "`"), "    ")
+    return [f'??? abstract "Definition, formula and paper (`{fn.__module__}`)"', "", body, ""]
+
+
 def probes_table() -> str:
     """One section per probe: what it measures (its docstring), where its inputs come from, cost, cadence, options
     and the metrics it writes."""
@@ -23,7 +35,7 @@ def probes_table() -> str:
     for _, probe in PROBES.items():
         d = probe.describe()
         opts = ", ".join(f"`{k}={v!r}`" for k, v in d["options"].items()) or "none"
-        out += [f"## {d['name']}", "", _cell(d["doc"]), "",
+        out += [f"## {d['name']}", "", _cell(d["doc"]), "", *_definition(probe.fn),
                 "| source | cost | default cadence | inputs |", "|---|---|---|---|",
                 f"| {d['source']} | {d['cost']} | {_cell(d['cadence'])} | {', '.join(d['inputs'])} |", "",
                 f"**Options:** {_cell(opts)}", "",
