@@ -136,7 +136,6 @@ class WeightSource(Source):
         partitioned = model_is_partitioned(model)
         flat = [(n, p) for n in names for p in self._parts(n)
                 if partitioned or n in mine and (n not in self.lora or p != self.lora[n].base)]
-        owner = {p: n for n, p in flat}
         want = {p for n, p in flat if n in mine and (bases or n not in self.lora or p != self.lora[n].base)}
         got: dict[str, list] = {}
         parts = full_parameters(model, [p for _, p in flat], materialize=want.__contains__, device=where)
