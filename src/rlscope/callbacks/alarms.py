@@ -46,11 +46,12 @@ class AlarmConfig:
     fire_at: str = "warn"  # the lowest severity that fires: info, warn or crit
     detectors: tuple[str, ...] = DEFAULT_DETECTORS
     stop_on: tuple[str, ...] = ()  # detectors whose alarm stops training
-    thresholds: dict = field(default_factory=dict)  # {detector: {threshold: value}}, see health.THRESHOLDS
+    thresholds: dict = field(default_factory=dict)  # {detector: {threshold: value}}, see rlscope.analysis.findings.THRESHOLDS
 
     @classmethod
     def parse(cls, value) -> "AlarmConfig | None":
-        from rlscope.analysis.analyses.health import DETECTORS, THRESHOLDS, thresholds
+        from rlscope.analysis.analyses.health import DETECTORS
+        from rlscope.analysis.findings import THRESHOLDS, thresholds
         from rlscope.registry import check_names
 
         if value is None or value is False:

@@ -12,8 +12,10 @@ compared):
   (warn; crit when performance has stopped improving) or within the run's length (info / warn) (Cui et al. 2025);
 * ``reward_vs_heldout`` -- training reward rising while held-out accuracy does not (warn; crit when it falls), or the
   two significantly anti-correlated (Spearman p < 0.05): a reward-hacking hint;
-* ``length`` -- truncation at the cap (clipped share >= 5% warn, >= 15% crit), length collapse (end < half the
-  start), and length growth >= 50% tracking the reward (Spearman >= 0.6) that held-out accuracy does not follow;
+* ``length`` -- truncation at the cap (clipped share >= 5% warn, >= 15% crit; a log without a clipped ratio: the
+  share of recent steps whose mean length is pinned at its recurring maximum, a lower bound), length collapse (end <
+  half the start), and length growth >= 50% tracking the reward (Spearman >= 0.6) that held-out accuracy does not
+  follow;
 * ``clip_saturation`` -- share of clipped tokens >= 0.10 info, 0.20 warn, 0.40 crit; one-sided clipping (lower >= 3x
   upper, lower >= 2%) warn;
 * ``kl_drift`` -- KL >= 0.5 info, >= 2 warn (crit when performance stalls), accelerating (late slope > 1.5x early)
@@ -48,55 +50,12 @@ import numpy as np
 
 from rlscope.analysis import stats
 from rlscope.analysis.analyses import Skip, performance, register
+from rlscope.analysis.findings import LEVELS, thresholds
+from rlscope.analysis.findings import finding as _finding, grade as _grade, head as _head, tail as _tail, \
+    worst as _worst
 
-LEVELS = ("ok", "info", "warn", "crit")
-# Thresholds a user may change (live alarms: ``rlscope.attach(trainer, alarms={"thresholds": {...}})``); the rest
-# are fixed in the detectors below (see the module docstring).
-THRESHOLDS = {
-    "zero_advantage": {"info": 0.30, "warn": 0.50, "crit": 0.75},  # share of all-equal-reward groups
-    "entropy_collapse": {"floor_share": 0.10, "soon_share": 0.25},  # floor = share x start; "soon": within share x run
-    "length": {"truncation_warn": 0.05, "truncation_crit": 0.15, "collapse_ratio": 0.5},
-    "clip_saturation": {"info": 0.10, "warn": 0.20, "crit": 0.40},  # share of clipped tokens
-    "plateau": {"flat_share": 0.30, "min_flat_steps": 50},  # flat for this share of the run and these steps: warn
-    "reward_vs_heldout": {"min_evaluations": 8},
-    "heldout_decline": {"min_evaluations": 5},
-}
-
-
-def thresholds(name: str, overrides: dict | None = None) -> dict:
-    """The detector's thresholds, with ``overrides`` (unknown keys are an error naming the known ones)."""
-    th = dict(THRESHOLDS[name])
-    for key, value in (overrides or {}).items():
-        if key not in th:
-            raise ValueError(f"health: {name} has no threshold {key!r}; it has {sorted(th)}")
-        th[key] = float(value)
-    return th
 FLAT_GAIN = 0.3  # plateau: the recent window gains less than this share of the run's earlier rise
 AUX_HINTS = ("format", "tag", "xml", "json", "length", "lang", "style", "think", "overlong")
-
-
-def _tail(y, share=0.25):
-    return float(np.median(y[-max(3, int(round(len(y) * share))):]))
-
-
-def _head(y, share=0.10):
-    return float(np.median(y[:min(max(5, int(round(len(y) * share))), 25, len(y))]))
-
-
-def _finding(level: str, title: str, evidence: list[str], **metrics) -> dict:
-    return {"severity": level, "title": title, "evidence": evidence, "metrics": metrics}
-
-
-def _worst(parts: list[tuple[str, str]], title: str, context: list[str], **metrics) -> dict:
-    """A finding from several sub-checks ``(level, evidence)``: the worst sets the severity and leads the evidence."""
-    parts = sorted(parts, key=lambda p: -LEVELS.index(p[0]))
-    level = parts[0][0] if parts else "ok"
-    return _finding(level, title, [text for lvl, text in parts if lvl != "ok"] + context, **metrics)
-
-
-def _grade(x: float, crit: float, warn: float, info: float = float("inf")) -> str:
-    """The severity of a share or ratio against its thresholds (higher is worse)."""
-    return "crit" if x >= crit else "warn" if x >= warn else "info" if x >= info else "ok"
 
 
 def _recent(frame, name: str, min_points: int = 2):
@@ -202,11 +161,13 @@ def length(frame, th: dict | None = None) -> dict | None:
     l0, l1 = _head(v), _tail(v, 0.1)
     growth = (l1 - l0) / l0 if l0 > 0 else math.nan
     parts, context = [], [f"mean length {l0:.4g} -> {l1:.4g} ({growth:+.0%})"]
-    cs, cv = frame.series("clipped_ratio")
-    trunc = _tail(cv) if len(cs) >= 2 else None
-    if trunc is not None:
-        parts.append((_grade(trunc, th["truncation_crit"], th["truncation_warn"]),
-                      f"{trunc:.1%} of completions hit the length cap (their reward measures the cap)"))
+    t = truncation(frame)
+    trunc, cap = (None, None) if t is None else (t["share"], t["cap"])
+    if t is not None:
+        parts.append((_grade(trunc, th["truncation_crit"], th["truncation_warn"]), t["text"]))
+    else:
+        context.append("truncation not measured: the log has no clipped ratio (TRL's completions/clipped_ratio, "
+                       "verl's response_length/clip_ratio) and the mean length is never pinned at its maximum")
     if growth <= th["collapse_ratio"] - 1:
         parts.append(("warn", f"length collapsed to {l1 / l0:.0%} of its start"))
     rs, rv = frame.series("reward")
@@ -218,7 +179,45 @@ def length(frame, th: dict | None = None) -> dict | None:
             parts.append(("crit" if earned is False else "info",
                           f"length grew {growth:+.0%} tracking the reward (rank correlation {rho:+.2f})"
                           + ("" if earned is None else f"; held-out accuracy {'rises' if earned else 'does not'}")))
-    return _worst(parts, "Length (truncation, collapse, hacking)", context, growth=growth, truncation=trunc)
+    return _worst(parts, "Length (truncation, collapse, hacking)", context, growth=growth, truncation=trunc,
+                  inferred_cap=cap)
+
+
+def truncation(frame) -> dict | None:
+    """The share of completions cut at the length cap over the last quarter: ``{"share", "cap", "text"}``.
+
+    The logged clipped ratio's median when the log has one (``cap`` None); else, when the mean length is pinned at
+    its maximum (:func:`pinned_cap`), the share of recent steps where it sits there -- a lower bound, since the other
+    steps may have cut some completions too. None when neither tells."""
+    cs, cv = frame.series("clipped_ratio")
+    if len(cs) >= 2:
+        share = _tail(cv)
+        return {"share": share, "cap": None,
+                "text": f"{share:.1%} of completions hit the length cap (their reward measures the cap)"}
+    _, v = frame.series("response_length")
+    if (cap := pinned_cap(v)) is None:
+        return None
+    share = float(np.mean(v[-max(3, int(round(len(v) * 0.25))):] == cap["value"]))
+    return {"share": share, "cap": cap["value"],
+            "text": f"at least {share:.0%} of completions hit the length cap over the last quarter: the mean length "
+                    f"equals its maximum, {cap['value']:.4g}, at {cap['steps']} of {len(v)} steps, which only a cap "
+                    "does (every completion of those steps cut); the log has no clipped ratio"}
+
+
+def pinned_cap(lengths) -> dict | None:
+    """The completion cap read off a mean-length series, for logs without a clipped ratio (old TRL, CSV exports).
+
+    A batch's mean length equals the cap only when every completion of the batch was cut there, and nothing exceeds
+    it; a free-running mean reaches its maximum once. So the cap is the series' maximum when that exact value recurs
+    (>= 3 steps and >= 5% of them) in a series that is not coarse (>= 20 distinct values, so repeats are not a
+    rounding artefact). None when the series shows no such pin."""
+    v = np.asarray(lengths, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size < 20 or np.unique(v).size < 20:
+        return None
+    top = float(v.max())
+    hits = int(np.sum(v == top))
+    return {"value": top, "steps": hits} if hits >= max(3, 0.05 * v.size) else None
 
 
 def clip_saturation(frame, th: dict | None = None) -> dict | None:
@@ -445,7 +444,7 @@ DETECTORS = {"zero_advantage": zero_advantage, "entropy_collapse": entropy_colla
 
 def run_detectors(frame, names=None, overrides: dict | None = None) -> tuple[dict, list[str]]:
     """The detectors (every one, or ``names``) on ``frame``: (findings by name, names of those that could not
-    measure); ``overrides``: thresholds by detector (see :data:`THRESHOLDS`)."""
+    measure); ``overrides``: thresholds by detector (see :data:`rlscope.analysis.findings.THRESHOLDS`)."""
     checks, missing = {}, []
     for name in names or DETECTORS:
         detector = DETECTORS[name]
