@@ -285,6 +285,17 @@ def test_health_detectors_fire_on_planted_problems_and_stay_quiet_otherwise():
     c = _checks({"completions/mean_length": (X, 100 + noise(1)), "completions/clipped_ratio": (X, 0.2 + noise(0.01))})
     assert c["length"]["severity"] == "crit" and "cap" in c["length"]["evidence"][0]
     assert _checks({"completions/mean_length": (X, 300 - 0.8 * X + noise(1))})["length"]["severity"] == "warn"
+    # no clipped ratio (old TRL, a CSV export): a mean length pinned at its maximum is the cap, every completion cut
+    lengths = np.minimum(240 + noise(12), 256.0)  # the batch mean reaches the cap 256 on ~9% of the steps
+    c = _checks({"completion_length": (X, lengths)})["length"]
+    cut = float(np.mean(lengths[-75:] == 256))
+    assert c["metrics"]["inferred_cap"] == 256 and c["metrics"]["truncation"] == cut > 0.05
+    assert c["severity"] == ("crit" if cut >= 0.15 else "warn") and "at least" in c["evidence"][0]
+    free = _checks({"completion_length": (X, 240 + noise(12))})["length"]  # a free-running mean: max reached once
+    assert free["metrics"]["inferred_cap"] is None and free["metrics"]["truncation"] is None
+    assert any("truncation not measured" in e for e in free["evidence"]) and free["severity"] == "ok"
+    coarse = _checks({"completion_length": (X, np.round(240 + noise(3)))})["length"]  # integer means repeat by rounding
+    assert coarse["metrics"]["inferred_cap"] is None
     assert _checks({"clip_ratio/region_mean": (X, 0.45 + noise(0.01))})["clip_saturation"]["severity"] == "crit"
     assert _checks({"kl": (X, 0.01 * X)})["kl_drift"]["severity"] == "warn"  # 3.0 at the end
     assert _checks({"kl": (X, np.zeros(X.size))})["kl_drift"]["severity"] == "ok"
