@@ -86,6 +86,7 @@ def test_planted_aha_is_found_near_its_step_with_reflection_and_regrowth():
     assert r.values["target"] == "train_accuracy" and r.values["jump"] == pytest.approx(0.3, abs=0.05)
     assert abs(r.values["reflection_step"] - 176) <= 6 and r.values["reflection_near"]
     assert abs(r.values["length_regrowth_step"] - 170) <= 15 and r.values["length_near"]
+    assert r.values["early"] is False and "caution" not in r.verdict  # mid-run: no format caution
 
 
 def test_aha_on_sparse_evaluations_names_the_largest_part_of_a_joined_rise():
@@ -97,6 +98,13 @@ def test_aha_on_sparse_evaluations_names_the_largest_part_of_a_joined_rise():
     assert r.values["found"] and r.values["target"] == "heldout_accuracy", r.verdict
     assert r.values["step"] == 29 and r.values["step_window"][0] == 9, r.values
     assert r.values["jump"] == pytest.approx(0.5, abs=0.04)
+    # the whole rise in the first 5% of the run from near zero: what a format-strict reward does while the format is
+    # learnt, so the verdict cautions (as on verl's GSM8K logs, whose scorer needs "#### <number>")
+    assert r.values["early"] is True and "caution: it comes in the first 5% of the run" in r.verdict
+    late = np.where(steps < 199, 0.01, np.where(steps < 209, 0.18, np.where(steps < 239, 0.46, 0.51)))
+    r = run("aha", frame_of({"val/test_score/openai/gsm8k": (steps, late + np.random.default_rng(0).normal(
+        0, 0.004, steps.size))}))
+    assert r.values["found"] and r.values["early"] is False and "caution" not in r.verdict, r.verdict
 
 
 @pytest.mark.parametrize("kind", ["noise", "ar1", "linear", "weak_linear"])

@@ -17,6 +17,13 @@ Near it (within max(10 steps, 10% of the RL steps)): the first upward shift of t
 behaviour probe, or counted from rollout text) and the break of the length's shrink-then-grow pattern (``two_stage``).
 Where the run logs neither reflection words (a rate or completion text) nor length, the verdict says they were not
 measured rather than that they did not rise.
+
+An *early* aha -- in the first 10% of the RL steps, carrying >= 80% of the whole rise -- is flagged: on a rule-based
+reward that scores only answers in its expected format (verl's GSM8K scorer reads ``#### <number>``, "this also tests
+the formatting of the model"), a model that has not yet adopted the format scores near zero, and learning the format
+lifts accuracy at once at the start of the run. Such a jump is often the format being learnt, not a reasoning
+behaviour (R1-Zero's aha came at an intermediate checkpoint, with reflection rising); the verdict says to check
+completions from before and after it. The flag (``early``) is a caution, not a second verdict.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ MAX_POINTS = 120
 Z_MIN = 3.0
 SHARE_MIN = 0.4
 BIC_MARGIN = 6.0  # the step must beat a straight line by this much (as two_stage's break must beat a line)
+EARLY_SHARE, EARLY_RISE = 0.10, 0.80  # an aha this early in the run, carrying this much of the rise: often format
 
 
 def level_shifts(steps: np.ndarray, y: np.ndarray) -> list[dict]:
@@ -152,7 +160,7 @@ def reflection_series(frame) -> tuple[np.ndarray, np.ndarray]:
 
 @register("aha", requires=(("heldout_accuracy", "train_accuracy", "reward"),),
           outputs=("found", "step", "step_window", "target", "before", "after", "jump", "z", "share", "step_vs_line_bic",
-                   "window",
+                   "window", "early",
                    "reflection_step", "reflection_near", "length_regrowth_step", "length_near"))
 def aha(frame) -> tuple[str, dict]:
     """The step of the sharpest sustained rise in performance, and whether re-checking and length regrowth start near it."""
@@ -164,10 +172,13 @@ def aha(frame) -> tuple[str, dict]:
     window = max(10, int(0.1 * (rl[-1] - rl[0]))) if len(rl) else 10
     values = {k: p.get(k) for k in ("found", "step", "step_window", "before", "after", "jump", "z", "share",
                                     "step_vs_line_bic")}
-    values.update({"target": perf.name, "window": window, "found": p["found"]})
+    values.update({"target": perf.name, "window": window, "found": p["found"], "early": None})
     label = perf.describe()
     if not p["found"]:
         return f"No aha step in {label}: {p.get('reason', 'no sustained sharp rise')}.", values
+    span = rl[-1] - rl[0] if len(rl) else 0
+    at = (p["step"] - rl[0]) / span if span > 0 else 0.0
+    values["early"] = bool(at <= EARLY_SHARE and p["share"] >= EARLY_RISE)
     r_steps, r = reflection_series(frame)
     refl = first_rise(r_steps, r) if len(r_steps) >= 8 else None
     from rlscope.analysis.analyses.two_stage import length_pattern
@@ -196,4 +207,8 @@ def aha(frame) -> tuple[str, dict]:
     else:
         verdict += ("; length regrowth not measured (" + ("the run logs too few length points" if length_shape is None
                                                           else "too few or too noisy length points to tell") + ")")
+    if values["early"]:
+        verdict += (f"; caution: it comes in the first {at:.0%} of the run and carries {p['share']:.0%} of the rise, "
+                    "which is what learning the answer format looks like on a reward that scores only well-formatted "
+                    "answers -- read completions from before and after it before calling it reasoning")
     return verdict + ".", values
