@@ -228,6 +228,21 @@ def test_a_sigmoid_asymptote_below_the_run_still_rising_is_no_ceiling():
         assert v["asymptote"] is None and "no ceiling is reported" in c.verdict
 
 
+def test_a_flat_noisy_reward_has_no_ceiling():
+    # a binary reward on 8 completions per step that never rises (as a small-batch TRL GSM8K log): a sigmoid through
+    # it puts A at the curve's level with a narrow interval -- never reported as a ceiling, over 20 seeds
+    x = np.arange(1, 201)
+    for seed in range(20):
+        y = np.random.default_rng(seed).binomial(8, 0.4, x.size) / 8
+        c = run("ceiling", frame_of({"reward": (x, y)}))
+        assert c.values["asymptote"] is None, (seed, c.verdict)
+        assert "no significant rise" in c.verdict or "no ceiling is reported" in c.verdict, c.verdict
+    # the same noise on a real rise keeps its ceiling
+    y = np.random.default_rng(0).binomial(8, 0.2 + 0.5 / (1 + (40.0 / x) ** 2), x.size) / 8
+    c = run("ceiling", frame_of({"reward": (x, y)}))
+    assert c.values["asymptote"] == pytest.approx(0.7, abs=0.1), c.verdict
+
+
 def test_a_run_short_of_the_sigmoid_midpoint_reports_no_ceiling():
     rng = np.random.default_rng(14)
     x = np.arange(1, 201)

@@ -15,7 +15,10 @@ planted curves, also under AR(1) noise).
 A is reported as the ceiling only when it can be one: inside the metric's range (an accuracy's [0, 1]), not below
 the level the run has already reached (beyond the noise of that level), with the run past the fitted curve's midpoint
 (before it, A is barely constrained, as ScaleRL notes), and not while the run is still rising at its end when the
-fitted curve has already flattened there (the sigmoid then has found no ceiling: the run's own end contradicts it). The forecast fits the first half of the points and predicts the last value; it is marked
+fitted curve has already flattened there (the sigmoid then has found no ceiling: the run's own end contradicts it),
+and only when the run rose at all: its last third above its first tenth beyond their long-run noise (z > 1.96; a
+sigmoid through a flat, noisy curve -- a noisy reward on a small batch -- puts A at the curve's level with a narrow
+interval, which is no ceiling). The forecast fits the first half of the points and predicts the last value; it is marked
 unreliable when that half has not passed its own fitted midpoint or leaves A's interval wider than twice the metric's
 range (ScaleRL extrapolates only from curves past their midpoint).
 
@@ -186,6 +189,9 @@ def ceiling(frame, axis: str = "steps") -> tuple[str, dict]:
     third = max(len(r) // 3, 8)
     rising = stats.direction(stats.trend(steps[-third:].astype(float), r[-third:])) > 0
     half = len(r) // 2
+    k0, k1 = max(3, len(r) // 10), max(3, len(r) // 3)
+    rise = float(r[-k1:].mean() - r[:k0].mean())
+    rise_se = math.sqrt(stats.long_run_variance(r) * (1 / k0 + 1 / k1))
     values = {"asymptote_fit": f["a"], "efficiency": f["b"], "c_mid": f["c_mid"], "r0": f["r0"], "r2": f["r2"],
               "axis": axis, "target": perf.name, "target_label": perf.describe(), "end_level": end,
               "end_level_se": end_se, "gain_made": gain, "end_rising": rising,
@@ -195,6 +201,10 @@ def ceiling(frame, axis: str = "steps") -> tuple[str, dict]:
     note = None
     if bounds is not None and not bounds[0] <= f["a"] <= bounds[1]:
         note = f"A = {f['a']:.3g} lies outside a {perf.label}'s range [{bounds[0]:g}, {bounds[1]:g}]"
+    elif not rise > stats.Z95 * rise_se:
+        note = (f"the run shows no significant rise (its last third against its first tenth: {rise:+.3g} +- "
+                f"{stats.Z95 * rise_se:.2g}): a sigmoid through a flat, noisy curve puts A ({f['a']:.3g}) at the "
+                f"curve's level, which is no ceiling")
     elif hi is not None and hi < end - stats.Z95 * end_se:
         note = (f"the fitted A = {f['a']:.3g} [{lo:.3g}, {hi:.3g}] lies below the level the run has already reached "
                 f"({end:.3g} +- {stats.Z95 * end_se:.2g}): the sigmoid has found no ceiling")
