@@ -74,6 +74,18 @@ def test_sft_steps_are_not_mixed_into_rl_trends():
 
 
 # -- aha ----------------------------------------------------------------------------------------------------------
+def test_two_stage_cautions_when_the_length_sits_at_the_cap():
+    rng = np.random.default_rng(5)
+    length = 128 - 0.01 * X + rng.normal(0, 0.5, X.size)
+    capped = run("two_stage", frame_of({"completions/mean_length": (X, length),
+                                        "completions/clipped_ratio": (X, 0.8 + rng.normal(0, 0.02, X.size))}))
+    assert capped.values["truncation"] == pytest.approx(0.8, abs=0.03) and "Caution: 80%" in capped.verdict
+    free = run("two_stage", frame_of({"completions/mean_length": (X, length),
+                                      "completions/clipped_ratio": (X, np.full(X.size, 0.01))}))
+    assert free.values["truncation"] == pytest.approx(0.01) and "Caution" not in free.verdict
+    assert free.values["pattern"] == capped.values["pattern"]  # the fit itself is the same; only the caution differs
+
+
 def test_planted_aha_is_found_near_its_step_with_reflection_and_regrowth():
     rng = np.random.default_rng(3)
     acc = 0.2 + 0.3 * np.clip((X - 180) / 5, 0, 1) + rng.normal(0, 0.04, X.size)

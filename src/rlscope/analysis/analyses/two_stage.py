@@ -17,6 +17,10 @@ Patterns: "shrink then grow" (the two stages: both slopes' intervals exclude 0, 
 then shrink", "shrink", "grow", "flat" -- only when the line's slope interval, over the whole run, bounds the change
 within 10% of the level (a slope interval that includes 0 is not evidence of flatness) -- and otherwise "not
 measurable": too few or too noisy points to tell a trend or a turn.
+
+Length at the cap is not the policy's choice: when 15% or more of completions are cut at the length cap (the logged
+clipped ratio, or the share of steps where the mean length is pinned at its maximum, ``health.truncation``), the
+verdict adds a caution, since the fit then describes the cap as much as the policy.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ MIN_POINTS = 12
 MAX_POINTS = 120
 BIC_MARGIN = 6.0
 BOOTSTRAP = 100
+TRUNCATED = 0.15  # this share of completions cut at the cap: the length measures the cap (health's crit level)
 FLAT_SHARE = 0.10  # "flat": the slope's 95% interval moves the length by at most 10% of its level over the run
 _SUBSTEPS = 4  # grid points per interval between neighbouring logged steps
 
@@ -188,7 +193,7 @@ def pattern(f: dict) -> str:
 @register("two_stage", requires=(("response_length",),),
           outputs=("found", "pattern", "break_step", "break_step_ci", "slope_before", "slope_before_ci", "slope_after",
                    "slope_after_ci", "slope", "slope_ci", "delta_bic", "length_start", "length_end", "n_points",
-                   "fit_knots"))
+                   "fit_knots", "truncation"))
 def two_stage(frame, seed: int = 0) -> tuple[str, dict]:
     """Response length: one-break continuous piecewise-linear fit vs a line; "shrink then grow" or one stage."""
     steps, length = frame.series("response_length")
@@ -232,6 +237,13 @@ def two_stage(frame, seed: int = 0) -> tuple[str, dict]:
                         f"{f['slope_after']:+.3g} tokens/step) but not its direction.")
         else:
             verdict += f"no break (a break's BIC gain {f['delta_bic']:.1f} is below {BIC_MARGIN:g})."
+    from rlscope.analysis.analyses.health import truncation
+
+    t = truncation(frame)
+    values["truncation"] = None if t is None else t["share"]
+    if t is not None and t["share"] >= TRUNCATED:
+        verdict += (f" Caution: {'at least ' if t['cap'] is not None else ''}{t['share']:.0%} of completions are cut "
+                    f"at the length cap (last quarter), so this length measures the cap as much as the policy.")
     return verdict, values
 
 
