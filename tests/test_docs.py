@@ -162,3 +162,32 @@ def test_no_placeholder_in_prose_is_taken_for_an_html_tag():
         text = re.sub(r"`[^`\n]*`", "", text)  # code spans
         found += [f"{page.name}: {m}" for m in re.findall(r"</?([A-Za-z][\w-]*)[^>]*>", text) if m.lower() not in html]
     assert not found, found
+
+
+def test_every_python_name_the_docs_give_exists():
+    # a dotted name in a code span (`rlscope.analysis.findings.THRESHOLDS`) or an import in a code block must resolve:
+    # a module split or a rename leaves no stale reference behind
+    import importlib
+
+    names = set()
+    for page in sorted(DOCS.glob("*.md")) + [ROOT / "README.md"]:
+        text = page.read_text()
+        for span in re.findall(r"`[^`\n]*`", text):
+            names.update(re.findall(r"\brlscope(?:\.[A-Za-z_]\w*)+", span))
+        for mod, what in re.findall(r"^\s*from (rlscope[\w.]*) import ([\w, ]+)", text, flags=re.M):
+            names.update(f"{mod}.{w.strip()}" for w in what.split(",") if w.strip())
+    missing = []
+    for name in sorted(names):
+        parts = name.split(".")
+        for i in range(len(parts), 0, -1):
+            try:
+                obj = importlib.import_module(".".join(parts[:i]))
+                break
+            except ImportError:
+                continue
+        try:
+            for attr in parts[i:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            missing.append(name)
+    assert len(names) >= 10 and not missing, missing
