@@ -183,10 +183,6 @@ def drift(prev: torch.Tensor | None, now: torch.Tensor | None) -> tuple[float, f
     return float(ang.mean()), float(ang.max())
 
 
-def has_adapters(model) -> bool:
-    return any(hasattr(m, "lora_A") and hasattr(m, "base_layer") for m in model.modules())
-
-
 @contextlib.contextmanager
 def adapters_disabled(model) -> Iterator[None]:
     """The base model inside the block: every adapter layer switched off (PEFT's ``enable_adapters(False)``, what
