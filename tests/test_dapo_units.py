@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from rlscope.common import pad_and_concat
-from rlscope.trainers.dapo import GuardedReward, RewardFunctionError, group_keep_mask
+from rlscope.trainers.dapo import group_keep_mask
+from rlscope.trainers.reward_guard import GuardedReward, RewardFunctionError
 
 
 def test_group_keep_mask_drops_all_equal_groups():

@@ -27,7 +27,7 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from rlscope.common import derive_seed, pad_and_concat, rng_state, set_rng_state, text_tokenizer
-from rlscope.trainers.reward_guard import GuardedReward, RewardFunctionError  # noqa: F401 -- re-exported
+from rlscope.trainers.reward_guard import GuardedReward
 
 # Tensors of TRL's rollout dict that dynamic sampling knows how to re-assemble, with their padding side and value
 # (``None`` = the tokenizer's pad id). Anything else in the dict (multimodal inputs) is refused with a clear error.
