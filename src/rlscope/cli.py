@@ -405,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmarks; the last output line is JSON")
     b.add_argument("what", choices=["step", "overhead", "gather", "passk", "weights", "lora", "schedules",
-                                           "analyze"])
+                                    "analyze"])
     b.add_argument("--json", action="store_true", help="print only the JSON line")
     b.add_argument("--steps", type=int, default=None, help="optimizer steps (step: 20, overhead: 16, schedules: 40; "
                                                              "analyze: the synthetic run's length, 20000)")

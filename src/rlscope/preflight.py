@@ -183,4 +183,3 @@ def check_adapters(model_args) -> None:
     if quantized and not getattr(model_args, "use_peft", False):
         raise UsageError("load_in_4bit / load_in_8bit: a quantized base cannot be trained itself; add use_peft: true "
                          "(QLoRA trains LoRA adapters on it)")
-
